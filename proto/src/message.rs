@@ -1,0 +1,218 @@
+//! Control messages, serialised as JSON in control frames.
+//!
+//! Compatibility rule: new fields are `Option` or carry `#[serde(default)]`; variants and frame
+//! kinds are never renumbered or renamed.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any incompatible change to frames or messages.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u32,
+    #[serde(default)]
+    pub features: Vec<String>,
+}
+
+/// How the worker sizes the finished filesystem.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum SizePolicy {
+    /// Shrink to the minimum resize2fs can reach, plus `headroom_pct` percent.
+    Auto { headroom_pct: u32 },
+    /// Exactly this many bytes (a multiple of 4096), or an error naming the minimum.
+    Exact { bytes: u64 },
+}
+
+/// Bounds the worker enforces on untrusted layer content.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Limits {
+    /// Total uncompressed layer bytes, all layers together.
+    pub max_total_bytes: u64,
+    /// Tar entries, all layers together.
+    pub max_entries: u64,
+    /// Bytes in one entry path or link target.
+    pub max_path_len: u32,
+    /// Bytes in one xattr value.
+    pub max_xattr_value: u32,
+    /// Bytes of all xattrs (names + values) on one entry.
+    pub max_xattr_total: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_total_bytes: 64 << 30,
+            max_entries: 4_000_000,
+            max_path_len: 4096,
+            max_xattr_value: 64 * 1024,
+            max_xattr_total: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerSpec {
+    /// Digest of the blob as stored (compressed), for messages.
+    pub digest: String,
+    /// sha256 of the uncompressed tar stream (`rootfs.diff_ids`), what the host ships.
+    pub diff_id: String,
+}
+
+/// What the host asks the worker to build.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobSpec {
+    /// The image reference, for messages only.
+    pub image: String,
+    pub layers: Vec<LayerSpec>,
+    pub size: SizePolicy,
+    pub limits: Limits,
+    /// Filesystem label (`mke2fs -L`).
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// Worker phases, reported as progress and timed in the result.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Mkfs,
+    Apply,
+    Fsck,
+    Shrink,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Mkfs => "mkfs",
+            Self::Apply => "apply",
+            Self::Fsck => "fsck",
+            Self::Shrink => "shrink",
+        })
+    }
+}
+
+/// The finished filesystem, as the worker measured it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobResult {
+    /// Final size of the filesystem; the host truncates the output file to this.
+    pub size_bytes: u64,
+    /// Bytes in use (blocks in use × block size).
+    pub used_bytes: u64,
+    /// Inodes in use.
+    pub inodes: u64,
+    /// Entries applied, all layers together.
+    pub entries: u64,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Milliseconds spent per phase.
+    #[serde(default)]
+    pub phase_ms: Vec<(Phase, u64)>,
+}
+
+/// A failure inside the worker, structured so the host prints one actionable sentence.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RemoteError {
+    /// What the worker was doing ("applying layer", "creating filesystem", ...).
+    pub operation: String,
+    #[serde(default)]
+    pub layer: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The error and its sources, outermost first.
+    #[serde(default)]
+    pub causes: Vec<String>,
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.operation)?;
+        if let Some(layer) = &self.layer {
+            write!(f, " (layer {layer}")?;
+            match &self.path {
+                Some(p) => write!(f, ", path {p:?})")?,
+                None => f.write_str(")")?,
+            }
+        } else if let Some(p) = &self.path {
+            write!(f, " (path {p:?})")?;
+        }
+        for c in &self.causes {
+            write!(f, ": {c}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+/// Every control message, both directions. The `type` field names the variant.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// First message each way; the worker answers the host's with its own.
+    Hello(Hello),
+    /// host → worker: the job, once, after hello.
+    Job(JobSpec),
+    /// host → worker: data frames of layer `index`'s uncompressed tar follow.
+    LayerBegin { index: u32 },
+    /// host → worker: layer `index` is complete; `sha256` is over the bytes shipped.
+    LayerEnd { index: u32, bytes: u64, sha256: String },
+    /// host → worker: all layers shipped; finish the filesystem.
+    Finish,
+    /// host → worker: stop now, the job failed on the host side.
+    Abort { reason: String },
+    /// worker → host: the worker entered `phase` (layer index while applying).
+    Progress {
+        phase: Phase,
+        #[serde(default)]
+        layer: Option<u32>,
+    },
+    /// worker → host: something was skipped or changed; the job continues.
+    Warning { message: String },
+    /// worker → host: success.
+    Done(JobResult),
+    /// worker → host: failure.
+    Error(RemoteError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_are_stable() {
+        let j = serde_json::to_string(&Control::LayerBegin { index: 3 }).unwrap();
+        assert_eq!(j, r#"{"type":"layer_begin","index":3}"#);
+        let j = serde_json::to_string(&SizePolicy::Exact { bytes: 4096 }).unwrap();
+        assert_eq!(j, r#"{"mode":"exact","bytes":4096}"#);
+        let j = serde_json::to_string(&Control::Finish).unwrap();
+        assert_eq!(j, r#"{"type":"finish"}"#);
+    }
+
+    #[test]
+    fn unknown_optional_fields_default() {
+        let c: Control = serde_json::from_str(r#"{"type":"error","operation":"x"}"#).unwrap();
+        assert_eq!(
+            c,
+            Control::Error(RemoteError { operation: "x".into(), layer: None, path: None, causes: vec![] })
+        );
+    }
+
+    #[test]
+    fn remote_error_reads_as_one_sentence() {
+        let e = RemoteError {
+            operation: "applying layer 2 of docker.io/x".into(),
+            layer: Some("sha256:ab".into()),
+            path: Some("etc/passwd".into()),
+            causes: vec!["refusing hardlink outside the image".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "applying layer 2 of docker.io/x (layer sha256:ab, path \"etc/passwd\"): refusing hardlink outside the image"
+        );
+    }
+}
