@@ -56,10 +56,8 @@ impl Default for Limits {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LayerSpec {
-    /// Digest of the blob as stored (compressed), for messages.
+    /// The layer's name in messages: its blob digest, or the source for a flat tar.
     pub digest: String,
-    /// sha256 of the uncompressed tar stream (`rootfs.diff_ids`), what the host ships.
-    pub diff_id: String,
 }
 
 /// What the host asks the worker to build.
@@ -73,6 +71,9 @@ pub struct JobSpec {
     /// Filesystem label (`mke2fs -L`).
     #[serde(default)]
     pub label: Option<String>,
+    /// Total uncompressed layer bytes, when the host knows it; sizes the journal.
+    #[serde(default)]
+    pub content_hint: u64,
 }
 
 /// Worker phases, reported as progress and timed in the result.

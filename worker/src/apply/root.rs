@@ -1,0 +1,136 @@
+//! The image root: every lookup of an untrusted path goes through here.
+//!
+//! Paths are resolved by the kernel with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`
+//! relative to the root directory, so `..` and absolute symlinks met along the way stay inside
+//! the image. Only the final component is then operated on by name, never followed.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::rc::Rc;
+
+use rustix::fs::{
+    mkdirat, openat, openat2, statat, unlinkat, AtFlags, Dir, FileType, Mode, OFlags,
+    ResolveFlags, Stat,
+};
+use rustix::io::Errno;
+
+use super::name::ImagePath;
+
+const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
+/// Parent directories kept open between entries (tar lists siblings together).
+const CACHE_MAX: usize = 64;
+
+pub struct Root {
+    fd: OwnedFd,
+    cache: HashMap<ImagePath, Rc<OwnedFd>>,
+}
+
+impl Root {
+    pub fn open(path: &Path) -> Result<Self, Errno> {
+        let fd = openat(
+            rustix::fs::CWD,
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Self { fd, cache: HashMap::new() })
+    }
+
+    /// Forget cached directory handles: after anything that can change how a path resolves
+    /// (a removal, a symlink, a type change).
+    pub fn invalidate(&mut self) {
+        self.cache.clear();
+    }
+
+    /// Opens an existing directory (O_PATH), resolving `path` inside the root.
+    pub fn dir(&mut self, path: &ImagePath) -> Result<Rc<OwnedFd>, Errno> {
+        if let Some(fd) = self.cache.get(path) {
+            return Ok(Rc::clone(fd));
+        }
+        let fd = Rc::new(self.resolve(path, OFlags::PATH | OFlags::DIRECTORY)?);
+        if self.cache.len() >= CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(path.clone(), Rc::clone(&fd));
+        Ok(fd)
+    }
+
+    /// Opens `path` inside the root with `flags` (plus O_CLOEXEC).
+    pub fn resolve(&self, path: &ImagePath, flags: OFlags) -> Result<OwnedFd, Errno> {
+        let how = flags | OFlags::CLOEXEC;
+        // EAGAIN: the kernel saw a concurrent rename; nothing else writes here, so retry.
+        let mut tries = 0;
+        loop {
+            match openat2(&self.fd, path.for_open(), how, Mode::empty(), RESOLVE) {
+                Err(Errno::AGAIN) if tries < 8 => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// Opens the directory at `path`, creating missing directories (0755, root) on the way.
+    pub fn ensure_dir(&mut self, path: &ImagePath) -> Result<Rc<OwnedFd>, Errno> {
+        match self.dir(path) {
+            Err(Errno::NOENT) => {}
+            other => return other,
+        }
+        let Some((parent, name)) = path.split() else {
+            return Err(Errno::NOENT);
+        };
+        let pfd = self.ensure_dir(&parent)?;
+        match mkdirat(&*pfd, name, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(e),
+        }
+        // EXIST may be a dangling symlink: resolving again tells (and stays inside).
+        self.dir(path)
+    }
+}
+
+/// `lstat` of `name` in `dir`; `None` when absent.
+pub fn lstat_at(dir: impl AsFd, name: &OsStr) -> Result<Option<Stat>, Errno> {
+    match statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn is_dir(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::Directory
+}
+
+/// Removes `name` in `dir`, recursively when it is a directory. Never follows symlinks.
+pub fn remove_all(dir: impl AsFd, name: &OsStr) -> Result<(), Errno> {
+    let dir = dir.as_fd();
+    let Some(st) = lstat_at(dir, name)? else { return Ok(()) };
+    if !is_dir(&st) {
+        return unlinkat(dir, name, AtFlags::empty());
+    }
+    let sub = openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    for child in children(&sub)? {
+        remove_all(&sub, &child)?;
+    }
+    unlinkat(dir, name, AtFlags::REMOVEDIR)
+}
+
+/// Names in a directory opened for reading, without `.` and `..`.
+pub fn children(dir: &OwnedFd) -> Result<Vec<std::ffi::OsString>, Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut names = Vec::new();
+    for ent in Dir::read_from(dir)? {
+        let ent = ent?;
+        let n = ent.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(OsStr::from_bytes(n).to_os_string());
+        }
+    }
+    Ok(names)
+}

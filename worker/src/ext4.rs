@@ -1,0 +1,189 @@
+//! The ext4 lifecycle with the worker image's own e2fsprogs: create, check, shrink, measure.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+
+pub const BLOCK: u64 = 4096;
+const MKE2FS: &str = "/sbin/mke2fs";
+const E2FSCK: &str = "/sbin/e2fsck";
+const RESIZE2FS: &str = "/sbin/resize2fs";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Ext4Error {
+    #[error("running {tool}")]
+    Spawn {
+        tool: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{tool} failed ({status}): {output}")]
+    Tool { tool: &'static str, status: String, output: String },
+    #[error("the content needs at least {need} bytes ({need_mib} MiB) but --size asks for {have} bytes")]
+    TooSmall { need: u64, need_mib: u64, have: u64 },
+    #[error("the device holds {have} bytes but the filesystem needs {need}")]
+    DeviceTooSmall { need: u64, have: u64 },
+    #[error("reading the superblock of {0}")]
+    Superblock(String, #[source] std::io::Error),
+    #[error("unexpected output from resize2fs -P: {0}")]
+    Estimate(String),
+}
+
+fn run(tool: &'static str, args: &[&str]) -> Result<String, Ext4Error> {
+    let out = Command::new(tool)
+        .args(args)
+        .env("LANG", "C")
+        .output()
+        .map_err(|source| Ext4Error::Spawn { tool, source })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        let tail: Vec<&str> = text.lines().rev().take(12).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(Ext4Error::Tool { tool, status: out.status.to_string(), output: tail.join(" | ") });
+    }
+    Ok(text)
+}
+
+/// Journal size for content of about `hint` bytes: 1/8 of it, a power of two in 4..=64 MiB.
+pub fn journal_mib(hint: u64) -> u64 {
+    let target = (hint / 8) >> 20;
+    let mut j = 4;
+    while j * 2 <= target && j < 64 {
+        j *= 2;
+    }
+    j
+}
+
+/// Creates the filesystem on `dev`. 256-byte inodes (nanosecond and post-2038 times),
+/// one inode per 4 KiB so images of many small files fit, no reserved blocks.
+pub fn mkfs(dev: &Path, label: Option<&str>, content_hint: u64) -> Result<(), Ext4Error> {
+    let journal = format!("size={}", journal_mib(content_hint));
+    let dev = dev.to_string_lossy();
+    let mut args = vec![
+        "-t", "ext4", "-F", "-q", "-b", "4096", "-I", "256", "-i", "4096", "-m", "0", "-J",
+        &journal, "-E", "lazy_itable_init=1,lazy_journal_init=1",
+    ];
+    if let Some(l) = label {
+        args.extend(["-L", l]);
+    }
+    args.push(&dev);
+    run(MKE2FS, &args).map(drop)
+}
+
+/// `e2fsck -fn`: must find nothing to fix.
+pub fn check(dev: &Path) -> Result<(), Ext4Error> {
+    run(E2FSCK, &["-f", "-n", &dev.to_string_lossy()]).map(drop)
+}
+
+/// The minimum size resize2fs can shrink to, in bytes.
+pub fn minimum(dev: &Path) -> Result<u64, Ext4Error> {
+    let out = run(RESIZE2FS, &["-P", &dev.to_string_lossy()])?;
+    let blocks = out
+        .lines()
+        .find_map(|l| l.split_once("minimum size of the filesystem:").map(|(_, n)| n.trim().to_string()))
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| Ext4Error::Estimate(out.clone()))?;
+    Ok(blocks * BLOCK)
+}
+
+/// The size `policy` asks for, given the minimum and what the device holds.
+pub fn target_size(min: u64, device: u64, policy: rootbox_proto::SizePolicy) -> Result<u64, Ext4Error> {
+    use rootbox_proto::SizePolicy;
+    const MIB: u64 = 1 << 20;
+    let want = match policy {
+        SizePolicy::Auto { headroom_pct } => {
+            let with = min + min * u64::from(headroom_pct) / 100;
+            with.div_ceil(MIB) * MIB
+        }
+        SizePolicy::Exact { bytes } => {
+            if bytes < min {
+                return Err(Ext4Error::TooSmall { need: min, need_mib: min.div_ceil(MIB), have: bytes });
+            }
+            bytes
+        }
+    };
+    if want > device {
+        return match policy {
+            SizePolicy::Auto { .. } => Ok(device / BLOCK * BLOCK),
+            SizePolicy::Exact { .. } => Err(Ext4Error::DeviceTooSmall { need: want, have: device }),
+        };
+    }
+    Ok(want)
+}
+
+/// Resizes to exactly `bytes` (a multiple of the block size).
+pub fn resize(dev: &Path, bytes: u64) -> Result<(), Ext4Error> {
+    let blocks = (bytes / BLOCK).to_string();
+    run(RESIZE2FS, &["-f", &dev.to_string_lossy(), &blocks]).map(drop)
+}
+
+/// Sizes read from the superblock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub size_bytes: u64,
+    pub used_bytes: u64,
+    pub inodes_used: u64,
+}
+
+pub fn usage(dev: &Path) -> Result<Usage, Ext4Error> {
+    let err = |e| Ext4Error::Superblock(dev.display().to_string(), e);
+    let f = File::open(dev).map_err(err)?;
+    let mut sb = [0u8; 1024];
+    f.read_exact_at(&mut sb, 1024).map_err(err)?;
+    Ok(parse_superblock(&sb))
+}
+
+fn parse_superblock(sb: &[u8; 1024]) -> Usage {
+    let u32_at = |o: usize| u64::from(u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]));
+    let inodes = u32_at(0x0);
+    let blocks = u32_at(0x4) | (u32_at(0x150) << 32);
+    let free_blocks = u32_at(0xC) | (u32_at(0x158) << 32);
+    let free_inodes = u32_at(0x10);
+    let block_size = 1024u64 << u32_at(0x18);
+    Usage {
+        size_bytes: blocks * block_size,
+        used_bytes: (blocks - free_blocks.min(blocks)) * block_size,
+        inodes_used: inodes - free_inodes.min(inodes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rootbox_proto::SizePolicy;
+
+    #[test]
+    fn journal_sizes() {
+        assert_eq!(journal_mib(0), 4);
+        assert_eq!(journal_mib(170 << 20), 16);
+        assert_eq!(journal_mib(10 << 30), 64);
+    }
+
+    #[test]
+    fn size_policy() {
+        const M: u64 = 1 << 20;
+        assert_eq!(target_size(100 * M, 1 << 40, SizePolicy::Auto { headroom_pct: 20 }).unwrap(), 120 * M);
+        assert_eq!(target_size(100 * M + 1, 1 << 40, SizePolicy::Auto { headroom_pct: 0 }).unwrap(), 101 * M);
+        assert_eq!(target_size(100 * M, 110 * M, SizePolicy::Auto { headroom_pct: 20 }).unwrap(), 110 * M);
+        assert_eq!(target_size(100 * M, 1 << 40, SizePolicy::Exact { bytes: 200 * M }).unwrap(), 200 * M);
+        let e = target_size(100 * M, 1 << 40, SizePolicy::Exact { bytes: 50 * M }).unwrap_err();
+        assert!(e.to_string().contains("needs at least 104857600 bytes (100 MiB)"), "{e}");
+    }
+
+    #[test]
+    fn superblock_fields() {
+        let mut sb = [0u8; 1024];
+        sb[0..4].copy_from_slice(&1000u32.to_le_bytes());
+        sb[4..8].copy_from_slice(&5000u32.to_le_bytes());
+        sb[0xC..0x10].copy_from_slice(&1000u32.to_le_bytes());
+        sb[0x10..0x14].copy_from_slice(&900u32.to_le_bytes());
+        sb[0x18..0x1C].copy_from_slice(&2u32.to_le_bytes());
+        let u = parse_superblock(&sb);
+        assert_eq!(u, Usage { size_bytes: 5000 * 4096, used_bytes: 4000 * 4096, inodes_used: 100 });
+    }
+}

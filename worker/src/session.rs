@@ -1,0 +1,347 @@
+//! One job, host-driven: hello, job, mkfs, mount, apply (in a less privileged child), unmount,
+//! shrink, check, result. Runs as PID 1 of the container or of the microVM.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use nix::sys::wait::{waitpid, WaitStatus};
+use rootbox_proto::{
+    Control, Hello, JobResult, JobSpec, Phase, ProtoError, Reader, RemoteError, Writer,
+    PROTOCOL_VERSION,
+};
+
+use crate::apply::{ApplyError, Applier};
+use crate::ext4;
+use crate::stream::{stream_cause, LayerStream, StreamError};
+use crate::sys;
+
+/// Where the image is mounted while layers are applied.
+pub const TARGET: &str = "/target";
+/// Exit code of the applier when it already reported its error to the host.
+const REPORTED: i32 = 3;
+/// Address-space bound of the applier: tar extension headers are read into memory.
+const APPLIER_MEMORY: u64 = 1 << 30;
+
+/// The block device the filesystem is built on.
+pub enum Output {
+    /// A file handed in by the host; attached to a loop device here (container sandbox).
+    File(File),
+    /// A device the VM exposes (virtio-blk).
+    Device(PathBuf),
+}
+
+/// A failure with the structure the host prints.
+#[derive(Debug)]
+pub struct Failure(pub RemoteError);
+
+impl Failure {
+    pub fn new(operation: impl Into<String>, err: &(dyn std::error::Error + 'static)) -> Self {
+        Self(RemoteError { operation: operation.into(), layer: None, path: None, causes: chain(err) })
+    }
+}
+
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out = vec![err.to_string()];
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push(e.to_string());
+        cur = e.source();
+    }
+    out
+}
+
+pub type Transport = File;
+
+pub struct Session {
+    rd: Reader<Transport>,
+    wr: Writer<Transport>,
+}
+
+/// Outcome of `Session::run` for the caller (PID 1) to turn into an exit.
+pub enum Outcome {
+    Done,
+    /// The error was sent to the host already.
+    Reported,
+    /// The transport itself failed; nothing could be reported.
+    Lost(ProtoError),
+}
+
+impl Session {
+    pub fn new(transport: Transport) -> std::io::Result<Self> {
+        let rd = Reader::new(transport.try_clone()?);
+        Ok(Self { rd, wr: Writer::new(transport) })
+    }
+
+    pub fn run(mut self, output: Output) -> Outcome {
+        let job = match self.handshake() {
+            Ok(job) => job,
+            Err(e) => return Outcome::Lost(e),
+        };
+        match self.build(&job, output) {
+            Ok(result) => match self.wr.send(&Control::Done(result)) {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::Lost(e),
+            },
+            Err(None) => Outcome::Reported,
+            Err(Some(Failure(remote))) => match self.wr.send(&Control::Error(remote)) {
+                Ok(()) => Outcome::Reported,
+                Err(e) => Outcome::Lost(e),
+            },
+        }
+    }
+
+    /// Sends an error before any job was read (e.g. the worker could not start properly).
+    pub fn report(mut self, f: Failure) {
+        let _ = self.wr.send(&Control::Error(f.0));
+    }
+
+    fn handshake(&mut self) -> Result<JobSpec, ProtoError> {
+        let hello = match self.rd.read_control()? {
+            Control::Hello(h) => h,
+            other => return Err(ProtoError::Unexpected { expected: "hello", got: format!("{other:?}") }),
+        };
+        self.wr.send(&Control::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            features: vec!["loop".into(), "resize".into()],
+        }))?;
+        if hello.version != PROTOCOL_VERSION {
+            return Err(ProtoError::Version { ours: PROTOCOL_VERSION, theirs: hello.version });
+        }
+        match self.rd.read_control()? {
+            Control::Job(job) => Ok(job),
+            other => Err(ProtoError::Unexpected { expected: "job", got: format!("{other:?}") }),
+        }
+    }
+
+    fn progress(&mut self, phase: Phase) -> Result<(), Option<Failure>> {
+        self.wr
+            .send(&Control::Progress { phase, layer: None })
+            .map_err(|e| Some(Failure::new("reporting progress", &e)))
+    }
+
+    /// `Err(None)`: already reported by the applier.
+    fn build(&mut self, job: &JobSpec, output: Output) -> Result<JobResult, Option<Failure>> {
+        let mut phase_ms = Vec::new();
+        let mut t = Instant::now();
+        let mut lap = |phase: Phase, t: &mut Instant| {
+            phase_ms.push((phase, t.elapsed().as_millis() as u64));
+            *t = Instant::now();
+        };
+
+        self.progress(Phase::Mkfs)?;
+        let (_loop_dev, dev): (Option<sys::loopdev::LoopDevice>, PathBuf) = match &output {
+            Output::File(f) => {
+                let l = sys::loopdev::LoopDevice::attach(f, Path::new("/dev"))
+                    .map_err(|e| Some(Failure::new("attaching the output file to a loop device", &e)))?;
+                let p = l.path().to_path_buf();
+                (Some(l), p)
+            }
+            Output::Device(p) => (None, p.clone()),
+        };
+        let device_bytes = device_size(&dev).map_err(|e| Some(Failure::new("sizing the output device", &e)))?;
+        ext4::mkfs(&dev, job.label.as_deref(), job.content_hint)
+            .map_err(|e| Some(Failure::new("creating the filesystem", &e)))?;
+        let mount = Mount::ext4(&dev, Path::new(TARGET))
+            .map_err(|e| Some(Failure::new("mounting the new filesystem", &e)))?;
+        lap(Phase::Mkfs, &mut t);
+
+        self.progress(Phase::Apply)?;
+        let entries = self.apply_in_child(job)?;
+        lap(Phase::Apply, &mut t);
+
+        mount.unmount().map_err(|e| Some(Failure::new("unmounting the filesystem", &e)))?;
+
+        self.progress(Phase::Shrink)?;
+        let min = ext4::minimum(&dev).map_err(|e| Some(Failure::new("estimating the minimum size", &e)))?;
+        let size = ext4::target_size(min, device_bytes, job.size)
+            .map_err(|e| Some(Failure::new("sizing the filesystem", &e)))?;
+        ext4::resize(&dev, size).map_err(|e| Some(Failure::new("resizing the filesystem", &e)))?;
+        lap(Phase::Shrink, &mut t);
+
+        self.progress(Phase::Fsck)?;
+        ext4::check(&dev).map_err(|e| Some(Failure::new("checking the filesystem (e2fsck -fn)", &e)))?;
+        let usage = ext4::usage(&dev).map_err(|e| Some(Failure::new("reading filesystem usage", &e)))?;
+        lap(Phase::Fsck, &mut t);
+        rustix::fs::sync();
+
+        Ok(JobResult {
+            size_bytes: usage.size_bytes,
+            used_bytes: usage.used_bytes,
+            inodes: usage.inodes_used,
+            entries,
+            warnings: Vec::new(),
+            phase_ms,
+        })
+    }
+
+    /// Applies every layer in a forked child holding fewer capabilities and bounded memory.
+    fn apply_in_child(&mut self, job: &JobSpec) -> Result<u64, Option<Failure>> {
+        let entries_pipe = std::os::unix::net::UnixDatagram::pair()
+            .map_err(|e| Some(Failure::new("creating a pipe", &e)))?;
+        let (tx, rx) = entries_pipe;
+        let pid = sys::process::fork_run(|| {
+            match applier_main(&mut self.rd, &mut self.wr, job) {
+                Ok(entries) => {
+                    let _ = tx.send(&entries.to_le_bytes());
+                    0
+                }
+                Err(f) => {
+                    let _ = self.wr.send(&Control::Error(f.0));
+                    REPORTED
+                }
+            }
+        })
+        .map_err(|e| Some(Failure::new("starting the layer applier", &e)))?;
+        drop(tx);
+        let status = loop {
+            match waitpid(pid, None) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => break other,
+            }
+        };
+        match status {
+            Ok(WaitStatus::Exited(_, 0)) => {
+                let mut b = [0u8; 8];
+                let n = rx.recv(&mut b).unwrap_or(0);
+                Ok(if n == 8 { u64::from_le_bytes(b) } else { 0 })
+            }
+            Ok(WaitStatus::Exited(_, REPORTED)) => Err(None),
+            Ok(WaitStatus::Signaled(_, sig, _)) => Err(Some(Failure(RemoteError {
+                operation: "applying layers".into(),
+                layer: None,
+                path: None,
+                causes: vec![format!(
+                    "the layer applier was killed by {sig:?} (memory bound {} MiB: an oversized tar header?)",
+                    APPLIER_MEMORY >> 20
+                )],
+            }))),
+            other => Err(Some(Failure(RemoteError {
+                operation: "applying layers".into(),
+                layer: None,
+                path: None,
+                causes: vec![format!("the layer applier ended unexpectedly: {other:?}")],
+            }))),
+        }
+    }
+}
+
+/// The applier: reads `LayerBegin`/data/`LayerEnd` until `Finish`. Runs in the child.
+fn applier_main(rd: &mut Reader<Transport>, wr: &mut Writer<Transport>, job: &JobSpec) -> Result<u64, Failure> {
+    sys::caps::restrict_to(sys::caps::APPLIER).map_err(|e| Failure::new("dropping capabilities", &e))?;
+    sys::caps::no_new_privs().map_err(|e| Failure::new("setting no_new_privs", &e))?;
+    sys::process::limit_memory(APPLIER_MEMORY).map_err(|e| Failure::new("bounding memory", &e))?;
+    rustix::process::umask(rustix::fs::Mode::empty());
+
+    let mut warnings: Vec<String> = Vec::new();
+    let mut warn = |w: String| warnings.push(w);
+    let mut applier = Applier::new(Path::new(TARGET), job.limits, &mut warn)
+        .map_err(|e| Failure::new("opening the image root", &e))?;
+    let total = job.layers.len();
+    let mut budget = job.limits.max_total_bytes;
+    loop {
+        match rd.read_control() {
+            Ok(Control::LayerBegin { index }) => {
+                let i = index as usize;
+                let digest = job.layers.get(i).map(|l| l.digest.clone());
+                let _ = wr.send(&Control::Progress { phase: Phase::Apply, layer: Some(index) });
+                let mut stream = LayerStream::new(rd, index, &mut budget, job.limits.max_total_bytes);
+                let res = applier.apply_layer(&mut stream).map_err(LayerFailure::Apply).and_then(|()| stream.finish().map_err(LayerFailure::Stream));
+                if let Err(e) = res {
+                    return Err(layer_failure(e, i, total, digest));
+                }
+            }
+            Ok(Control::Finish) => break,
+            Ok(Control::Abort { reason }) => {
+                return Err(Failure(RemoteError {
+                    operation: "applying layers".into(),
+                    layer: None,
+                    path: None,
+                    causes: vec![format!("aborted by the host: {reason}")],
+                }))
+            }
+            Ok(other) => {
+                return Err(Failure::new("applying layers", &ProtoError::Unexpected { expected: "layer_begin or finish", got: format!("{other:?}") }))
+            }
+            Err(e) => return Err(Failure::new("reading from the host", &e)),
+        }
+    }
+    let entries = applier.finish().map_err(|e| Failure::new("setting directory times", &e))?;
+    const SHOWN: usize = 100;
+    let n = warnings.len();
+    for w in warnings.into_iter().take(SHOWN) {
+        let _ = wr.send(&Control::Warning { message: w });
+    }
+    if n > SHOWN {
+        let _ = wr.send(&Control::Warning { message: format!("... and {} more warnings", n - SHOWN) });
+    }
+    Ok(entries)
+}
+
+enum LayerFailure {
+    Apply(ApplyError),
+    Stream(std::io::Error),
+}
+
+fn layer_failure(e: LayerFailure, i: usize, total: usize, digest: Option<String>) -> Failure {
+    let operation = format!("applying layer {} of {}", i + 1, total);
+    let (path, causes) = match &e {
+        LayerFailure::Apply(a) => {
+            // A stream error (limit, abort, digest) surfaced through the tar reader: report it
+            // as itself rather than as a tar parse error.
+            if let ApplyError::Tar(io) = a {
+                if let Some(s) = stream_cause(io) {
+                    return stream_failure(operation, digest, s);
+                }
+            }
+            (a.path().map(str::to_string), chain(a))
+        }
+        LayerFailure::Stream(io) => {
+            if let Some(s) = stream_cause(io) {
+                return stream_failure(operation, digest, s);
+            }
+            (None, chain(io))
+        }
+    };
+    // The first cause repeats the path when the error names one; keep the sentence short.
+    Failure(RemoteError { operation, layer: digest, path, causes })
+}
+
+fn stream_failure(operation: String, digest: Option<String>, s: &StreamError) -> Failure {
+    Failure(RemoteError { operation, layer: digest, path: None, causes: chain(s) })
+}
+
+fn device_size(dev: &Path) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = File::open(dev)?;
+    f.seek(SeekFrom::End(0))
+}
+
+/// A mounted filesystem, unmounted (lazily, as a last resort) when dropped.
+pub struct Mount {
+    target: PathBuf,
+    mounted: bool,
+}
+
+impl Mount {
+    pub fn ext4(dev: &Path, target: &Path) -> Result<Self, sys::SysError> {
+        use rustix::mount::{mount, MountFlags};
+        mount(dev, target, "ext4", MountFlags::NOATIME, c"")
+            .map_err(|e| sys::SysError::new("mounting ext4 on", target, e))?;
+        Ok(Self { target: target.to_path_buf(), mounted: true })
+    }
+
+    pub fn unmount(mut self) -> Result<(), sys::SysError> {
+        self.mounted = false;
+        rustix::mount::unmount(&self.target, rustix::mount::UnmountFlags::empty())
+            .map_err(|e| sys::SysError::new("unmounting", &self.target, e))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = rustix::mount::unmount(&self.target, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}

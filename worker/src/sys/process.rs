@@ -1,0 +1,32 @@
+//! Process control the safe crates leave unsafe: fork, and PID-1 power-off.
+
+use nix::unistd::{fork, ForkResult, Pid};
+
+/// Forks; the child runs `child` and exits with its code, never returning.
+///
+/// Only call while the process is single-threaded (the worker always is).
+pub fn fork_run(child: impl FnOnce() -> i32) -> nix::Result<Pid> {
+    // SAFETY: the worker is single-threaded, so the child inherits no locked mutexes from
+    // other threads; it runs plain Rust code then exits without returning to the caller.
+    match unsafe { fork() }? {
+        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Child => {
+            let code = child();
+            std::process::exit(code);
+        }
+    }
+}
+
+/// Bounds the address space of this process (and its children).
+pub fn limit_memory(bytes: u64) -> nix::Result<()> {
+    use nix::sys::resource::{setrlimit, Resource};
+    setrlimit(Resource::RLIMIT_AS, bytes, bytes)
+}
+
+/// Syncs and powers the machine off (PID 1 in a VM). Never returns.
+pub fn power_off() -> ! {
+    rustix::fs::sync();
+    let _ = rustix::system::reboot(rustix::system::RebootCommand::PowerOff);
+    // Only reachable when reboot(2) is refused (not PID 1 of a VM).
+    std::process::exit(1)
+}
