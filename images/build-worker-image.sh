@@ -107,6 +107,9 @@ ROOTFS=$OUT_DIR/rootfs
 NEW=$OUT_DIR/rootfs.new
 OLD=$OUT_DIR/rootfs.old
 # Leftovers of a run that was killed (we hold the lock, so none is in use).
+if [[ ! -e $ROOTFS && -d $OLD ]]; then
+    mv -T "$OLD" "$ROOTFS"
+fi
 rm -rf --one-file-system "$OUT_DIR"/.staging.* "$NEW" "$OLD"
 STAGING=$(mktemp -d "$OUT_DIR/.staging.XXXXXX")
 
@@ -114,6 +117,10 @@ cleanup() {
     local rc=$?
     rm -rf --one-file-system "$STAGING"
     if [[ $rc -ne 0 ]]; then
+        # Interrupted between the two renames of the swap: put the old back.
+        if [[ ! -e $ROOTFS && -d $OLD ]]; then
+            mv -T "$OLD" "$ROOTFS"
+        fi
         rm -rf --one-file-system "$NEW"
         rm -f "$OUT_DIR/manifest.json.tmp"
     fi

@@ -1,1 +1,42 @@
-fn main() {}
+//! `rootbox`: the host CLI. It resolves and verifies images, starts a sandbox, ships layer
+//! bytes to the worker inside it and places the finished ext4. It must never interpret layer
+//! content itself: everything that reads tar entries runs in the worker.
+
+mod cli;
+mod digest;
+mod doctor;
+mod exit;
+mod job;
+mod layer;
+mod output;
+mod pull;
+mod report;
+mod sandbox;
+mod size;
+mod source;
+mod worker_image;
+
+use clap::Parser;
+
+fn main() {
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    if let Err(e) = output::install_signal_cleanup() {
+        eprintln!("rootbox: error: installing signal handlers: {e}");
+        std::process::exit(exit::OTHER);
+    }
+    let result = match &cli.command {
+        cli::Command::Pull(args) => pull::run(args).and_then(|r| r.print(args.json)),
+        cli::Command::Doctor(args) => doctor::run(args.worker_image.as_deref(), args.json),
+    };
+    if let Err(e) = result {
+        eprintln!("rootbox: error: {e:#}");
+        std::process::exit(exit::classify(&e));
+    }
+}

@@ -1,0 +1,119 @@
+//! The output file: built as a temp file beside the destination and renamed into place only on
+//! success. Every failure path removes it: drop on error, and a signal handler on SIGINT,
+//! SIGTERM and SIGHUP that also kills the sandbox's process group.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Digest;
+
+/// What a signal must undo.
+#[derive(Default)]
+struct Pending {
+    temp: Option<PathBuf>,
+    process_group: Option<i32>,
+}
+
+static PENDING: Mutex<Pending> = Mutex::new(Pending { temp: None, process_group: None });
+
+/// Installs the handler thread once.
+pub fn install_signal_cleanup() -> io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            if let Ok(p) = PENDING.lock() {
+                if let Some(pg) = p.process_group {
+                    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pg), nix::sys::signal::Signal::SIGKILL);
+                }
+                if let Some(t) = &p.temp {
+                    let _ = std::fs::remove_file(t);
+                }
+            }
+            eprintln!("rootbox: interrupted by signal {sig}; removed the partial output");
+            std::process::exit(128 + sig);
+        }
+    });
+    Ok(())
+}
+
+/// Registers the sandbox's process group for the signal handler.
+pub fn track_process_group(pg: Option<i32>) {
+    if let Ok(mut p) = PENDING.lock() {
+        p.process_group = pg;
+    }
+}
+
+/// Clears the signal handler's record of the temp file when the output is done with.
+struct PendingGuard;
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        if let Ok(mut p) = PENDING.lock() {
+            p.temp = None;
+        }
+    }
+}
+
+/// A temp file beside the destination; removed on drop unless finished.
+pub struct Output {
+    dest: PathBuf,
+    temp: tempfile::NamedTempFile,
+    _guard: PendingGuard,
+}
+
+impl Output {
+    pub fn create(dest: &Path) -> io::Result<Self> {
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+        let temp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(&dir)?;
+        if let Ok(mut p) = PENDING.lock() {
+            p.temp = Some(temp.path().to_path_buf());
+        }
+        Ok(Self { dest: dest.to_path_buf(), temp, _guard: PendingGuard })
+    }
+
+    pub fn file(&self) -> &File {
+        self.temp.as_file()
+    }
+
+    /// Sets the sparse length the worker builds on.
+    pub fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file().set_len(len)
+    }
+
+    /// Truncates to `len`, hashes, syncs and renames into place.
+    pub fn finish(self, len: u64) -> io::Result<(PathBuf, Digest)> {
+        let Output { dest, temp, _guard } = self;
+        let mut perms = temp.as_file().metadata()?.permissions();
+        temp.as_file().set_len(len)?;
+        // NamedTempFile creates 0600; an image is an ordinary data file.
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+        temp.as_file().set_permissions(perms)?;
+        let digest = sha256_file(temp.path())?;
+        temp.as_file().sync_all()?;
+        temp.persist(&dest).map_err(|e| e.error)?;
+        Ok((dest, digest))
+    }
+}
+
+/// sha256 of a file, reading holes as zeros (as any reader of the image will).
+pub fn sha256_file(path: &Path) -> io::Result<Digest> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match f.read(&mut buf)? {
+            0 => break,
+            n => h.update(&buf[..n]),
+        }
+    }
+    Ok(Digest::from_sha256(h))
+}

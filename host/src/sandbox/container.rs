@@ -1,0 +1,136 @@
+//! The namespace container: the worker as PID 1 of new mount, PID, network, IPC, UTS and
+//! cgroup namespaces, rooted (pivot_root) in the worker image, with only the output file and
+//! one end of a socketpair inherited. The worker's `container-init` stage does the mounts;
+//! this side only unshares and hands over descriptors.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+use nix::sched::CloneFlags;
+
+use super::{Running, Tail, Unavailable};
+use crate::worker_image::WorkerImage;
+
+/// Descriptor numbers the worker receives.
+const PROTO_FD: i32 = 3;
+const OUTPUT_FD: i32 = 4;
+
+/// Why the container sandbox cannot run here, if it cannot.
+pub fn unavailable(image: &WorkerImage) -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some(
+            "the container sandbox needs real root (loop devices, mounts, namespaces): run rootbox as root, or use --isolation vm where a VMM is available".into(),
+        );
+    }
+    if !std::path::Path::new("/dev/loop-control").exists() {
+        return Some("the container sandbox needs loop devices and /dev/loop-control is missing (modprobe loop)".into());
+    }
+    let problems = image.problems();
+    if !problems.is_empty() {
+        return Some(format!("the worker image is incomplete: {}; rebuild it with `make image`", problems.join("; ")));
+    }
+    None
+}
+
+pub struct Container {
+    child: Child,
+    host_end: UnixStream,
+    tail: Tail,
+}
+
+/// Starts the worker in a fresh container around `output`.
+pub fn start(image: &WorkerImage, output: &File) -> Result<Container, Unavailable> {
+    if let Some(why) = unavailable(image) {
+        return Err(Unavailable(why));
+    }
+    let (host_end, worker_end) = UnixStream::pair().map_err(|e| Unavailable(format!("socketpair: {e}")))?;
+    let sfd = worker_end.as_raw_fd();
+    let ofd = output.as_raw_fd();
+    let rootfs = image.rootfs();
+    let mut cmd = Command::new(image.worker());
+    cmd.arg("container-init")
+        .arg("--root")
+        .arg(&rootfs)
+        .args(["--", "session", "--proto-fd", "3", "--output-fd", "4"])
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // syscalls (fcntl, dup2, unshare) on descriptors owned by this process.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move both descriptors out of the way first so neither clobbers the other.
+            let s = nix::fcntl::fcntl(sfd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))?;
+            let o = nix::fcntl::fcntl(ofd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))?;
+            nix::unistd::dup2(s, PROTO_FD)?;
+            nix::unistd::dup2(o, OUTPUT_FD)?;
+            nix::sched::unshare(
+                CloneFlags::CLONE_NEWNS
+                    | CloneFlags::CLONE_NEWPID
+                    | CloneFlags::CLONE_NEWNET
+                    | CloneFlags::CLONE_NEWIPC
+                    | CloneFlags::CLONE_NEWUTS
+                    | CloneFlags::CLONE_NEWCGROUP,
+            )?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| Unavailable(format!("starting {}: {e}", image.worker().display())))?;
+    drop(worker_end);
+    let mut tail = Tail::default();
+    if let Some(err) = child.stderr.take() {
+        tail = Tail::follow(err, 40);
+    }
+    if let Some(out) = child.stdout.take() {
+        let t = tail.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(mut q) = t.0.lock() {
+                    if q.len() == 40 {
+                        q.pop_front();
+                    }
+                    q.push_back(line);
+                }
+            }
+        });
+    }
+    Ok(Container { child, host_end, tail })
+}
+
+impl Running for Container {
+    fn transport(&self) -> std::io::Result<UnixStream> {
+        self.host_end.try_clone()
+    }
+
+    fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        self.child.wait()
+    }
+
+    fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pg = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+
+    fn console_tail(&self) -> Vec<String> {
+        self.tail.lines()
+    }
+
+    fn process_group(&self) -> Option<i32> {
+        Some(self.child.id() as i32)
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

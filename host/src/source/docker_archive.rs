@@ -1,0 +1,181 @@
+//! `docker-archive:FILE`: a `docker save` tarball, read in place (members located once by
+//! offset, never extracted). Both layouts: `<id>/layer.tar` (Docker < 25, uncompressed,
+//! duplicates as symlinks) and `blobs/sha256/<hex>` (Docker >= 25).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::spec::{self, PlatformSpec};
+use super::{check_platform, pair_diff_ids, read_bounded, BlobLocation, CompressionHint, Image, Layer, Result, Source, SourceError};
+use crate::digest::Digest;
+
+pub struct DockerArchive {
+    path: PathBuf,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Entry {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+enum Member {
+    File { offset: u64, len: u64 },
+    Link(String),
+}
+
+impl DockerArchive {
+    pub fn new(path: PathBuf, name: &str) -> Self {
+        Self { path, name: name.to_string() }
+    }
+
+    fn io(&self, what: &str) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
+        let what = format!("{}: {what}", self.name);
+        move |source| SourceError::Io { what, path: self.path.clone(), source }
+    }
+
+    /// Lists the tarball's members: name → location (or link target).
+    fn members(&self) -> Result<HashMap<String, Member>> {
+        let f = File::open(&self.path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => SourceError::Missing { what: "docker archive".into(), path: self.path.clone() },
+            _ => SourceError::Io { what: self.name.clone(), path: self.path.clone(), source: e },
+        })?;
+        let mut ar = tar::Archive::new(std::io::BufReader::new(f));
+        let mut out = HashMap::new();
+        for e in ar.entries_with_seek().map_err(self.io("listing members"))? {
+            let e = e.map_err(self.io("listing members"))?;
+            let name = normalize(&String::from_utf8_lossy(&e.path_bytes()));
+            let m = match e.header().entry_type() {
+                tar::EntryType::Regular | tar::EntryType::Continuous => Member::File { offset: e.raw_file_position(), len: e.size() },
+                tar::EntryType::Symlink | tar::EntryType::Link => {
+                    let target = e.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                    let target = if e.header().entry_type() == tar::EntryType::Symlink {
+                        let dir = Path::new(&name).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                        normalize(&format!("{dir}/{target}"))
+                    } else {
+                        normalize(&target)
+                    };
+                    Member::Link(target)
+                }
+                _ => continue,
+            };
+            out.insert(name, m);
+        }
+        Ok(out)
+    }
+
+    fn locate(&self, members: &HashMap<String, Member>, name: &str) -> Result<(u64, u64)> {
+        let mut cur = normalize(name);
+        for _ in 0..8 {
+            match members.get(&cur) {
+                Some(Member::File { offset, len }) => return Ok((*offset, *len)),
+                Some(Member::Link(t)) => cur = t.clone(),
+                None => break,
+            }
+        }
+        Err(SourceError::Missing { what: format!("{}: member {name:?}", self.name), path: self.path.clone() })
+    }
+
+    fn read_member(&self, members: &HashMap<String, Member>, name: &str, what: &str) -> Result<Vec<u8>> {
+        let (offset, len) = self.locate(members, name)?;
+        if len > spec::JSON_MAX {
+            return Err(SourceError::TooLarge { what: what.into(), max: spec::JSON_MAX });
+        }
+        let mut f = File::open(&self.path).map_err(self.io(what))?;
+        f.seek(SeekFrom::Start(offset)).map_err(self.io(what))?;
+        read_bounded(f.take(len), what, &self.path)
+    }
+}
+
+/// Member names as written by docker: drop `./` and empty components, resolve `..`.
+fn normalize(name: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in name.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join("/")
+}
+
+/// `blobs/sha256/<hex>` names its own digest.
+fn digest_in_name(name: &str) -> Option<Digest> {
+    let hex = normalize(name).strip_prefix("blobs/sha256/")?.to_string();
+    Digest::parse(&format!("sha256:{hex}")).ok()
+}
+
+impl Source for DockerArchive {
+    fn resolve(&self, platform: &PlatformSpec) -> Result<Image> {
+        let members = self.members()?;
+        let what = format!("{} manifest.json", self.name);
+        let manifest: Vec<Entry> = serde_json::from_slice(&self.read_member(&members, "manifest.json", &what)?)
+            .map_err(|source| SourceError::Json { what: what.clone(), source })?;
+        let entry = match manifest.as_slice() {
+            [one] => one,
+            [] => return Err(SourceError::Invalid(format!("{what} lists no image"))),
+            many => {
+                return Err(SourceError::Invalid(format!(
+                    "{what} lists {} images; rootbox takes archives of one image ({})",
+                    many.len(),
+                    many.iter().flat_map(|e| e.repo_tags.clone().unwrap_or_default()).collect::<Vec<_>>().join(", ")
+                )))
+            }
+        };
+        let cwhat = format!("{} config", self.name);
+        let config_bytes = self.read_member(&members, &entry.config, &cwhat)?;
+        let config_digest = Digest::of(&config_bytes);
+        let expected = digest_in_name(&entry.config).or_else(|| {
+            let stem = Path::new(&entry.config).file_stem()?.to_string_lossy().into_owned();
+            Digest::parse(&format!("sha256:{stem}")).ok()
+        });
+        if let Some(expected) = expected {
+            if expected != config_digest {
+                return Err(SourceError::DigestMismatch { what: cwhat, expected, actual: config_digest });
+            }
+        }
+        let config: spec::Config = serde_json::from_slice(&config_bytes).map_err(|source| SourceError::Json { what: cwhat, source })?;
+        check_platform(&self.name, platform, &config)?;
+        let diff_ids = pair_diff_ids(&self.name, entry.layers.len(), &config)?;
+        let mut layers = Vec::new();
+        for (name, diff_id) in entry.layers.iter().zip(diff_ids) {
+            let (offset, len) = self.locate(&members, name)?;
+            let named = digest_in_name(name);
+            layers.push(Layer {
+                digest: named.clone().unwrap_or_else(|| diff_id.clone()),
+                verify_digest: named.is_some(),
+                diff_id: Some(diff_id),
+                compression: CompressionHint::Sniff,
+                blob: BlobLocation::File { path: self.path.clone(), offset, len },
+            });
+        }
+        Ok(Image { name: self.name.clone(), digest: config_digest, layers })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_names() {
+        assert_eq!(normalize("./abc/layer.tar"), "abc/layer.tar");
+        assert_eq!(normalize("abc/../def/layer.tar"), "def/layer.tar");
+        assert_eq!(normalize("/manifest.json"), "manifest.json");
+        let hex = "a".repeat(64);
+        assert_eq!(digest_in_name(&format!("blobs/sha256/{hex}")).unwrap().hex(), hex);
+        assert!(digest_in_name("blobs/sha256/../../x").is_none());
+    }
+}

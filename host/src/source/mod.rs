@@ -1,0 +1,198 @@
+//! Image sources: where layers come from, resolved into a verified plan.
+//!
+//! A source names an image in skopeo's transport syntax and resolves it to an [`Image`]: the
+//! layers in order, each with the digests it must match. Sources read only JSON documents and
+//! blob locations; layer bytes are read later, by [`crate::layer`], and only as bytes.
+
+mod docker_archive;
+mod oci_layout;
+mod rootfs_tar;
+pub mod spec;
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::digest::{BadDigest, Digest};
+use spec::{Compression, PlatformSpec};
+
+/// Everything wrong with a source itself (exit code 3).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("unknown source {0:?}: use oci:DIR[:TAG], docker-archive:FILE or rootfs-tar:FILE|-")]
+    Syntax(String),
+    #[error("{what} not found at {path}")]
+    Missing { what: String, path: PathBuf },
+    #[error("reading {what} ({path})")]
+    Io {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what} is not valid JSON of the expected shape")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{what} is larger than {max} bytes")]
+    TooLarge { what: String, max: u64 },
+    #[error("{what}: {source}")]
+    Digest {
+        what: String,
+        #[source]
+        source: BadDigest,
+    },
+    #[error("{what}: digest mismatch: expected {expected}, content is {actual}")]
+    DigestMismatch { what: String, expected: Digest, actual: Digest },
+    #[error("{what}: uncompressed content {actual} does not match diff_id {expected} in the image config")]
+    DiffIdMismatch { what: String, expected: Digest, actual: Digest },
+    #[error("{what}: size mismatch: descriptor says {expected} bytes, blob has {actual}")]
+    SizeMismatch { what: String, expected: u64, actual: u64 },
+    #[error("{what}: unsupported media type {media_type:?} (rootbox applies tar, tar+gzip and tar+zstd layers)")]
+    MediaType { what: String, media_type: String },
+    #[error("{what}: decompressing failed")]
+    Decompress {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("uncompressed layers exceed the {limit}-byte limit (--max-uncompressed) at {what}")]
+    Limit { what: String, limit: u64 },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, SourceError>;
+
+/// Where a blob's bytes live.
+#[derive(Debug, Clone)]
+pub enum BlobLocation {
+    /// `len` bytes at `offset` of a file (a whole blob file, or a member of a tarball).
+    File { path: PathBuf, offset: u64, len: u64 },
+    /// An unlinked temp file holding spooled input (stdin).
+    Spooled { file: Arc<File>, len: u64 },
+}
+
+impl BlobLocation {
+    pub fn len(&self) -> u64 {
+        match self {
+            Self::File { len, .. } | Self::Spooled { len, .. } => *len,
+        }
+    }
+
+    pub fn open(&self) -> io::Result<Box<dyn Read + Send>> {
+        match self {
+            Self::File { path, offset, len } => {
+                let mut f = File::open(path)?;
+                f.seek(SeekFrom::Start(*offset))?;
+                Ok(Box::new(io::BufReader::with_capacity(1 << 20, f.take(*len))))
+            }
+            Self::Spooled { file, len } => {
+                let mut f = file.try_clone()?;
+                f.seek(SeekFrom::Start(0))?;
+                Ok(Box::new(io::BufReader::with_capacity(1 << 20, f.take(*len))))
+            }
+        }
+    }
+}
+
+/// How a layer's compression is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompressionHint {
+    /// From the media type.
+    Known(Compression),
+    /// No media type (docker-archive, flat tar): look at the first bytes.
+    Sniff,
+}
+
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// The layer's name in messages and in `--json`: its blob digest (for a flat tar, the
+    /// digest of the tar as read).
+    pub digest: Digest,
+    /// Check the blob's bytes against `digest` (false when the digest was computed by us).
+    pub verify_digest: bool,
+    /// The config's `rootfs.diff_ids` entry, when the source has a config.
+    pub diff_id: Option<Digest>,
+    pub compression: CompressionHint,
+    pub blob: BlobLocation,
+}
+
+/// A resolved image: what will be built.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The source as the user named it, for messages.
+    pub name: String,
+    /// The manifest digest (or the flat tar's digest).
+    pub digest: Digest,
+    pub layers: Vec<Layer>,
+}
+
+/// A place images come from.
+pub trait Source {
+    /// Resolves the image for `platform`, reading and checking its JSON documents.
+    fn resolve(&self, platform: &PlatformSpec) -> Result<Image>;
+}
+
+/// Parses skopeo-style `TRANSPORT:DETAILS`.
+pub fn parse(s: &str) -> Result<Box<dyn Source>> {
+    if let Some(rest) = s.strip_prefix("oci:") {
+        return Ok(Box::new(oci_layout::OciLayout::parse(rest, s)));
+    }
+    if let Some(rest) = s.strip_prefix("docker-archive:") {
+        return Ok(Box::new(docker_archive::DockerArchive::new(PathBuf::from(rest), s)));
+    }
+    if let Some(rest) = s.strip_prefix("rootfs-tar:") {
+        return Ok(Box::new(rootfs_tar::RootfsTar::new(rest, s)));
+    }
+    Err(SourceError::Syntax(s.to_string()))
+}
+
+/// Reads a JSON document of at most `spec::JSON_MAX` bytes.
+pub fn read_json_file<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let f = File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => SourceError::Missing { what: what.into(), path: path.into() },
+        _ => SourceError::Io { what: what.into(), path: path.into(), source: e },
+    })?;
+    let bytes = read_bounded(f, what, path)?;
+    serde_json::from_slice(&bytes).map_err(|source| SourceError::Json { what: what.into(), source })
+}
+
+pub fn read_bounded(r: impl Read, what: &str, path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    r.take(spec::JSON_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| SourceError::Io { what: what.into(), path: path.into(), source: e })?;
+    if bytes.len() as u64 > spec::JSON_MAX {
+        return Err(SourceError::TooLarge { what: what.into(), max: spec::JSON_MAX });
+    }
+    Ok(bytes)
+}
+
+/// Checks layers against the config's diff_ids (count) and returns them paired.
+pub fn pair_diff_ids(what: &str, n_layers: usize, config: &spec::Config) -> Result<Vec<Digest>> {
+    if config.rootfs.kind != "layers" {
+        return Err(SourceError::Invalid(format!("{what}: rootfs type {:?} is not \"layers\"", config.rootfs.kind)));
+    }
+    if config.rootfs.diff_ids.len() != n_layers {
+        return Err(SourceError::Invalid(format!(
+            "{what}: the manifest lists {n_layers} layers but the config has {} diff_ids",
+            config.rootfs.diff_ids.len()
+        )));
+    }
+    Ok(config.rootfs.diff_ids.clone())
+}
+
+pub fn check_platform(what: &str, platform: &PlatformSpec, config: &spec::Config) -> Result<()> {
+    if platform.matches_config(config) {
+        return Ok(());
+    }
+    Err(SourceError::Invalid(format!(
+        "{what} is for {}/{}, not {platform} (choose with --platform)",
+        config.os.as_deref().unwrap_or("?"),
+        config.architecture.as_deref().unwrap_or("?")
+    )))
+}
