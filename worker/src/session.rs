@@ -157,7 +157,8 @@ impl Session {
         mount.unmount().map_err(|e| Some(Failure::new("unmounting the filesystem", &e)))?;
 
         self.progress(Phase::Shrink)?;
-        let min = ext4::minimum(&dev).map_err(|e| Some(Failure::new("estimating the minimum size", &e)))?;
+        let min = ext4::converge_minimum(&dev, device_bytes, job.size)
+            .map_err(|e| Some(Failure::new("shrinking the filesystem", &e)))?;
         let size = ext4::target_size(min, device_bytes, job.size)
             .map_err(|e| Some(Failure::new("sizing the filesystem", &e)))?;
         ext4::resize(&dev, size).map_err(|e| Some(Failure::new("resizing the filesystem", &e)))?;
