@@ -8,7 +8,11 @@ use crate::size::{parse_size, parse_size_arg, SizeArg};
 use crate::source::spec::PlatformSpec;
 
 #[derive(Debug, Parser)]
-#[command(name = "rootbox", version, about = "Turn container images into bootable ext4 root filesystems, safely: layers are applied inside a sandbox, never on the host.")]
+#[command(
+    name = "rootbox",
+    version,
+    about = "Turn container images into bootable ext4 root filesystems, safely: layers are applied inside a sandbox, never on the host."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -84,13 +88,33 @@ mod tests {
 
     #[test]
     fn flags_parse() {
-        let c = Cli::try_parse_from(["rootbox", "pull", "oci:/x:tag", "-o", "out.ext4", "--size", "4GiB", "--json"]).unwrap();
+        let c = Cli::try_parse_from([
+            "rootbox",
+            "pull",
+            "oci:/x:tag",
+            "-o",
+            "out.ext4",
+            "--size",
+            "4GiB",
+            "--json",
+        ])
+        .unwrap();
         let Command::Pull(p) = c.command else { panic!("not pull") };
         assert_eq!(p.size, SizeArg::Exact(4 << 30));
         assert_eq!(p.platform.to_string(), "linux/amd64");
         assert!(p.json);
-        assert!(Cli::try_parse_from(["rootbox", "pull", "oci:/x", "-o", "o", "--size", "1.5G"]).is_err());
-        assert!(Cli::try_parse_from(["rootbox", "pull", "oci:/x", "-o", "o", "--isolation", "chroot"]).is_err());
+        assert!(Cli::try_parse_from(["rootbox", "pull", "oci:/x", "-o", "o", "--size", "1.5G"])
+            .is_err());
+        assert!(Cli::try_parse_from([
+            "rootbox",
+            "pull",
+            "oci:/x",
+            "-o",
+            "o",
+            "--isolation",
+            "chroot"
+        ])
+        .is_err());
         assert!(Cli::try_parse_from(["rootbox", "pull", "oci:/x"]).is_err(), "-o is required");
     }
 }

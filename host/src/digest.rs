@@ -15,7 +15,8 @@ pub struct BadDigest(pub String);
 impl Digest {
     pub fn parse(s: &str) -> Result<Self, BadDigest> {
         let hex = s.strip_prefix("sha256:").ok_or_else(|| BadDigest(s.to_string()))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(BadDigest(s.to_string()));
         }
         Ok(Self(s.to_string()))
@@ -32,10 +33,6 @@ impl Digest {
     /// The 64 hex digits: safe as a file name, having been validated.
     pub fn hex(&self) -> &str {
         &self.0["sha256:".len()..]
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 
     /// `sha256:0123456789ab` for messages.
@@ -89,7 +86,7 @@ mod tests {
     #[test]
     fn digest_of_bytes() {
         assert_eq!(
-            Digest::of(b"").as_str(),
+            Digest::of(b"").to_string(),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
     }

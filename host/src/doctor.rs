@@ -31,7 +31,11 @@ pub fn run(flag: Option<&Path>, json: bool) -> anyhow::Result<()> {
         Ok(i) => sandbox::container::unavailable(i),
         Err(e) => Some(e.clone()),
     };
-    sandboxes.push(SandboxState { name: "container", usable: container_why.is_none(), why_not: container_why });
+    sandboxes.push(SandboxState {
+        name: "container",
+        usable: container_why.is_none(),
+        why_not: container_why,
+    });
     sandboxes.push(SandboxState {
         name: "vm",
         usable: false,
@@ -52,7 +56,9 @@ pub fn run(flag: Option<&Path>, json: bool) -> anyhow::Result<()> {
     }
     println!("rootbox {}", d.version);
     match (&d.worker_image, &d.worker_image_problem) {
-        (Some(dir), _) => println!("worker image: {dir} (via {})", d.worker_image_found_via.unwrap_or("?")),
+        (Some(dir), _) => {
+            println!("worker image: {dir} (via {})", d.worker_image_found_via.unwrap_or("?"))
+        }
         (None, Some(p)) => println!("worker image: {p}"),
         (None, None) => {}
     }
@@ -62,6 +68,9 @@ pub fn run(flag: Option<&Path>, json: bool) -> anyhow::Result<()> {
             Some(w) => println!("sandbox {}: unavailable: {w}", s.name),
         }
     }
-    println!("default isolation: {}", d.default_isolation.unwrap_or("none: no sandbox can run here"));
+    println!(
+        "default isolation: {}",
+        d.default_isolation.unwrap_or("none: no sandbox can run here")
+    );
     Ok(())
 }

@@ -5,7 +5,10 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use rootbox_proto::{Control, Hello, JobResult, JobSpec, Phase, ProtoError, Reader, RemoteError, Writer, PROTOCOL_VERSION};
+use rootbox_proto::{
+    Control, Hello, JobResult, JobSpec, Phase, ProtoError, Reader, RemoteError, Writer,
+    PROTOCOL_VERSION,
+};
 
 use crate::layer::{self, ShipError, Verified};
 use crate::sandbox::Running;
@@ -40,7 +43,8 @@ fn console_suffix(lines: &[String]) -> String {
 #[derive(Debug, Clone)]
 pub enum Event {
     Phase(Phase, Option<u32>),
-    Shipped { index: usize, bytes: u64 },
+    /// Layer `index` (0-based) was sent in full.
+    Shipped(usize),
 }
 
 pub struct Outcome {
@@ -65,7 +69,10 @@ pub fn run(
     match rd.read_control() {
         Ok(Control::Hello(h)) if h.version == PROTOCOL_VERSION => {}
         Ok(Control::Hello(h)) => {
-            return Err(lost(ProtoError::Version { ours: PROTOCOL_VERSION, theirs: h.version }.to_string(), worker))
+            return Err(lost(
+                ProtoError::Version { ours: PROTOCOL_VERSION, theirs: h.version }.to_string(),
+                worker,
+            ))
         }
         Ok(other) => return Err(lost(format!("expected hello, got {other:?}"), worker)),
         Err(e) => return Err(lost(chain(&e), worker)),
@@ -84,7 +91,10 @@ pub fn run(
     let mut warnings = Vec::new();
     let mut early: Option<Result<Control, ProtoError>> = None;
     // Drains what the worker said so far; keeps the first terminal message.
-    let mut pump = |early: &mut Option<Result<Control, ProtoError>>, warnings: &mut Vec<String>, on_event: &mut dyn FnMut(Event), block: Option<Duration>| {
+    let pump = |early: &mut Option<Result<Control, ProtoError>>,
+                warnings: &mut Vec<String>,
+                on_event: &mut dyn FnMut(Event),
+                block: Option<Duration>| {
         loop {
             let msg = match block {
                 Some(t) => match rx.recv_timeout(t) {
@@ -117,7 +127,7 @@ pub fn run(
             ship_err = Some(JobError::Ship { index: i + 1, source: e });
             break;
         }
-        on_event(Event::Shipped { index: i, bytes: v.uncompressed });
+        on_event(Event::Shipped(i));
     }
     if early.is_none() && ship_err.is_none() {
         if let Err(e) = wr.send(&Control::Finish) {

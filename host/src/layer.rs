@@ -63,10 +63,16 @@ fn decoder<'a>(c: Compression, r: impl Read + Send + 'a) -> io::Result<Box<dyn R
 
 /// Reads the whole layer once: checks the blob digest and size, the uncompressed digest
 /// against the config's diff_id, and charges its uncompressed size to `budget`.
-pub fn verify(layer: &Layer, what: &str, budget: &mut u64, limit: u64) -> Result<Verified, SourceError> {
+pub fn verify(
+    layer: &Layer,
+    what: &str,
+    budget: &mut u64,
+    limit: u64,
+) -> Result<Verified, SourceError> {
     let io_err = |source| SourceError::Io { what: what.into(), path: blob_path(layer), source };
     let comp = compression(layer).map_err(io_err)?;
-    let mut raw = Hashing { inner: layer.blob.open().map_err(io_err)?, hasher: Sha256::new(), bytes: 0 };
+    let mut raw =
+        Hashing { inner: layer.blob.open().map_err(io_err)?, hasher: Sha256::new(), bytes: 0 };
     let mut out = Sha256::new();
     let mut total = 0u64;
     let mut buf = vec![0u8; 1 << 20];
@@ -91,7 +97,11 @@ pub fn verify(layer: &Layer, what: &str, budget: &mut u64, limit: u64) -> Result
     let drained = io::copy(&mut raw, &mut io::sink());
     let blob_digest = Digest::from_sha256(std::mem::take(&mut raw.hasher));
     if layer.verify_digest && blob_digest != layer.digest {
-        return Err(SourceError::DigestMismatch { what: what.into(), expected: layer.digest.clone(), actual: blob_digest });
+        return Err(SourceError::DigestMismatch {
+            what: what.into(),
+            expected: layer.digest.clone(),
+            actual: blob_digest,
+        });
     }
     if let Err(e) = result {
         if e.get_ref().is_some_and(|i| i.is::<LimitHit>()) {
@@ -101,12 +111,20 @@ pub fn verify(layer: &Layer, what: &str, budget: &mut u64, limit: u64) -> Result
     }
     drained.map_err(io_err)?;
     if raw.bytes != layer.blob.len() {
-        return Err(SourceError::SizeMismatch { what: what.into(), expected: layer.blob.len(), actual: raw.bytes });
+        return Err(SourceError::SizeMismatch {
+            what: what.into(),
+            expected: layer.blob.len(),
+            actual: raw.bytes,
+        });
     }
     let diff_id = Digest::from_sha256(out);
     if let Some(expected) = &layer.diff_id {
         if *expected != diff_id {
-            return Err(SourceError::DiffIdMismatch { what: what.into(), expected: expected.clone(), actual: diff_id });
+            return Err(SourceError::DiffIdMismatch {
+                what: what.into(),
+                expected: expected.clone(),
+                actual: diff_id,
+            });
         }
     }
     *budget -= total;
@@ -141,7 +159,12 @@ pub enum ShipError {
 }
 
 /// Streams the verified layer's uncompressed bytes as `LayerBegin`, data frames, `LayerEnd`.
-pub fn ship<W: Write>(layer: &Layer, v: &Verified, index: u32, wr: &mut Writer<W>) -> Result<(), ShipError> {
+pub fn ship<W: Write>(
+    layer: &Layer,
+    v: &Verified,
+    index: u32,
+    wr: &mut Writer<W>,
+) -> Result<(), ShipError> {
     wr.send(&Control::LayerBegin { index }).map_err(ShipError::Send)?;
     let raw = layer.blob.open().map_err(ShipError::Read)?;
     let mut dec = decoder(v.compression, raw).map_err(ShipError::Read)?;
@@ -163,5 +186,6 @@ pub fn ship<W: Write>(layer: &Layer, v: &Verified, index: u32, wr: &mut Writer<W
             v.uncompressed
         ))));
     }
-    wr.send(&Control::LayerEnd { index, bytes: sent, sha256: v.diff_id.hex().to_string() }).map_err(ShipError::Send)
+    wr.send(&Control::LayerEnd { index, bytes: sent, sha256: v.diff_id.hex().to_string() })
+        .map_err(ShipError::Send)
 }

@@ -28,7 +28,10 @@ pub fn install_signal_cleanup() -> io::Result<()> {
         if let Some(sig) = signals.forever().next() {
             if let Ok(p) = PENDING.lock() {
                 if let Some(pg) = p.process_group {
-                    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pg), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pg),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
                 if let Some(t) = &p.temp {
                     let _ = std::fs::remove_file(t);
@@ -72,8 +75,14 @@ impl Output {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-        let temp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(&dir)?;
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "out".into());
+        let temp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .tempfile_in(&dir)?;
         if let Ok(mut p) = PENDING.lock() {
             p.temp = Some(temp.path().to_path_buf());
         }

@@ -67,20 +67,25 @@ pub fn run(args: &PullArgs) -> Result<Report> {
         SizeArg::Auto => None,
         SizeArg::Exact(n) => Some(n),
     };
-    let out = Output::create(&args.output).with_context(|| format!("creating a temp file beside {}", args.output.display()))?;
+    let out = Output::create(&args.output)
+        .with_context(|| format!("creating a temp file beside {}", args.output.display()))?;
     out.set_len(scratch_size(uncompressed, exact)).context("sizing the output file")?;
 
     let t = Instant::now();
     let mut worker = sandbox::container::start(&wimage, out.file())?;
     output::track_process_group(worker.process_group());
     let spec = JobSpec {
-        image: what.clone(),
+        image: image.name.clone(),
         layers: image.layers.iter().map(|l| LayerSpec { digest: l.digest.to_string() }).collect(),
         size: match args.size {
             SizeArg::Auto => SizePolicy::Auto { headroom_pct: args.headroom },
             SizeArg::Exact(bytes) => SizePolicy::Exact { bytes },
         },
-        limits: Limits { max_total_bytes: args.max_uncompressed, max_entries: args.max_entries, ..Limits::default() },
+        limits: Limits {
+            max_total_bytes: args.max_uncompressed,
+            max_entries: args.max_entries,
+            ..Limits::default()
+        },
         label: Some(args.label.clone()),
         content_hint: uncompressed,
     };
@@ -88,7 +93,7 @@ pub fn run(args: &PullArgs) -> Result<Report> {
     let mut on_event = |e: Event| match e {
         Event::Phase(p, Some(l)) => say(format!("{p} layer {} of {n}", l + 1)),
         Event::Phase(p, None) => say(p.to_string()),
-        Event::Shipped { .. } => {}
+        Event::Shipped(i) => say(format!("shipped layer {} of {n}", i + 1)),
     };
     let outcome = job::run(&mut worker, &image, &verified, spec, &mut on_event);
     let outcome = match outcome {
@@ -106,7 +111,8 @@ pub fn run(args: &PullArgs) -> Result<Report> {
         bail!("the worker reported success but exited with {status}");
     }
     let size = outcome.result.size_bytes;
-    let (path, sha256) = out.finish(size).with_context(|| format!("writing {}", args.output.display()))?;
+    let (path, sha256) =
+        out.finish(size).with_context(|| format!("writing {}", args.output.display()))?;
     say(format!("wrote {} ({})", path.display(), human(size)));
 
     Ok(Report {

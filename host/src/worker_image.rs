@@ -61,7 +61,8 @@ pub fn locate(flag: Option<&Path>) -> Result<WorkerImage, String> {
             return Ok(WorkerImage { dir, found_via: via });
         }
     }
-    let looked: Vec<String> = cands.iter().map(|(d, via)| format!("{} ({via})", d.display())).collect();
+    let looked: Vec<String> =
+        cands.iter().map(|(d, via)| format!("{} ({via})", d.display())).collect();
     Err(format!(
         "no worker image found (looked in: {}); build it with `make image` or pass --worker-image DIR",
         looked.join(", ")

@@ -199,7 +199,12 @@ mod tests {
         let c: Control = serde_json::from_str(r#"{"type":"error","operation":"x"}"#).unwrap();
         assert_eq!(
             c,
-            Control::Error(RemoteError { operation: "x".into(), layer: None, path: None, causes: vec![] })
+            Control::Error(RemoteError {
+                operation: "x".into(),
+                layer: None,
+                path: None,
+                causes: vec![]
+            })
         );
     }
 

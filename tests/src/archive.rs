@@ -70,8 +70,11 @@ fn number(field: &[u8]) -> Result<u64> {
 
 fn checksum_ok(block: &[u8]) -> Result<bool> {
     let stored = number(&block[148..156])?;
-    let sum: u64 =
-        block.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u64::from(b) }).sum();
+    let sum: u64 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u64::from(b) })
+        .sum();
     Ok(sum == stored)
 }
 
@@ -83,7 +86,8 @@ pub fn pax_records(mut data: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
             break;
         }
         let space = data.iter().position(|&b| b == b' ').context("PAX record without length")?;
-        let len: usize = std::str::from_utf8(&data[..space])?.parse().context("PAX record length")?;
+        let len: usize =
+            std::str::from_utf8(&data[..space])?.parse().context("PAX record length")?;
         ensure!(len > space + 2 && len <= data.len(), "PAX record length {len} out of range");
         let record = &data[space + 1..len];
         ensure!(record.last() == Some(&b'\n'), "PAX record not ended by a newline");
@@ -112,7 +116,10 @@ pub fn entries(bytes: &[u8]) -> Result<Vec<RawEntry>> {
     let mut long_link: Option<Vec<u8>> = None;
     loop {
         if pos == bytes.len() {
-            ensure!(pax.is_empty() && long_name.is_none(), "archive ends after an extension header");
+            ensure!(
+                pax.is_empty() && long_name.is_none(),
+                "archive ends after an extension header"
+            );
             break;
         }
         ensure!(pos + BLOCK <= bytes.len(), "archive truncated inside a header at byte {pos}");
@@ -240,7 +247,10 @@ mod tests {
             .finish();
         let e = entries(&tar).expect("parse");
         assert_eq!(e.len(), 9);
-        assert_eq!((e[0].kind, e[0].mode, e[0].uid, e[0].gid), (EntryType::Dir, 0o1777, 1000, 1000));
+        assert_eq!(
+            (e[0].kind, e[0].mode, e[0].uid, e[0].gid),
+            (EntryType::Dir, 0o1777, 1000, 1000)
+        );
         assert_eq!(e[1].path, b"d/f");
         assert_eq!(&tar[e[1].data.clone()], b"hello");
         assert_eq!((e[1].mode, e[1].mtime), (0o4755, Mtime::new(4102444800, 5)));

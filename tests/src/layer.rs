@@ -349,7 +349,8 @@ mod tests {
         for n in [0usize, 1, 5, 89, 90, 95, 96, 990, 995, 5000] {
             let rec = encode_pax(&[("path".to_string(), vec![b'a'; n])]);
             let space = rec.iter().position(|&b| b == b' ').expect("space");
-            let len: usize = std::str::from_utf8(&rec[..space]).expect("ascii").parse().expect("num");
+            let len: usize =
+                std::str::from_utf8(&rec[..space]).expect("ascii").parse().expect("num");
             assert_eq!(len, rec.len(), "value length {n}");
         }
     }

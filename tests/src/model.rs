@@ -339,7 +339,8 @@ impl Model {
                 Kind::Block => Body::Block(i.rdev.unwrap_or((0, 0)).0, i.rdev.unwrap_or((0, 0)).1),
                 Kind::Fifo | Kind::Socket => Body::Fifo,
             };
-            let mut e = Entry::raw(name.as_bytes(), b"").mode(i.mode).owner(i.uid.into(), i.gid.into());
+            let mut e =
+                Entry::raw(name.as_bytes(), b"").mode(i.mode).owner(i.uid.into(), i.gid.into());
             e.body = body;
             if i.kind == Kind::Dir {
                 e.name.push(b'/');
@@ -397,8 +398,18 @@ mod tests {
 
     #[test]
     fn opaque_marker_anywhere_in_the_layer_hides_lower_content() {
-        let l1 = layer(vec![E::dir("o"), E::file("o/old", b""), E::dir("o/sub"), E::file("o/sub/x", b"")]);
-        let l2 = layer(vec![E::dir("o"), E::file("o/new1", b""), E::opaque("o"), E::file("o/new2", b"")]);
+        let l1 = layer(vec![
+            E::dir("o"),
+            E::file("o/old", b""),
+            E::dir("o/sub"),
+            E::file("o/sub/x", b""),
+        ]);
+        let l2 = layer(vec![
+            E::dir("o"),
+            E::file("o/new1", b""),
+            E::opaque("o"),
+            E::file("o/new2", b""),
+        ]);
         let t = tree_of(&[l1, l2]);
         let names: Vec<_> = t.nodes.keys().map(|p| p.display().to_string()).collect();
         assert_eq!(names, ["o", "o/new1", "o/new2"]);
@@ -418,7 +429,8 @@ mod tests {
 
     #[test]
     fn type_flips_and_duplicates() {
-        let l1 = layer(vec![E::file("x", b"f"), E::dir("y"), E::file("y/in", b""), E::file("z", b"1")]);
+        let l1 =
+            layer(vec![E::file("x", b"f"), E::dir("y"), E::file("y/in", b""), E::file("z", b"1")]);
         let l2 = layer(vec![E::dir("x"), E::symlink("y", "x"), E::file("z", b"2").mode(0o600)]);
         let l3 = layer(vec![E::file("z", b"3"), E::file("z", b"4").mode(0o640)]);
         let t = tree_of(&[l1, l2, l3]);
@@ -440,7 +452,11 @@ mod tests {
     #[test]
     fn symlinked_parents_resolve_inside_the_root() {
         let l1 = layer(vec![E::dir("etc"), E::symlink("evil", "/"), E::symlink("up", "../../..")]);
-        let l2 = layer(vec![E::file("evil/etc/x", b"x"), E::file("up/etc/y", b"y"), E::file("/etc/z", b"z")]);
+        let l2 = layer(vec![
+            E::file("evil/etc/x", b"x"),
+            E::file("up/etc/y", b"y"),
+            E::file("/etc/z", b"z"),
+        ]);
         let t = tree_of(&[l1, l2]);
         for p in ["etc/x", "etc/y", "etc/z"] {
             assert_eq!(t.get(p).map(|n| n.kind), Some(Kind::File), "{p}");
@@ -450,7 +466,11 @@ mod tests {
 
     #[test]
     fn hardlinks_share_inodes_and_resolve_in_root() {
-        let l1 = layer(vec![E::dir("etc"), E::file("etc/passwd", b"pw").mode(0o600), E::symlink("evil", "/")]);
+        let l1 = layer(vec![
+            E::dir("etc"),
+            E::file("etc/passwd", b"pw").mode(0o600),
+            E::symlink("evil", "/"),
+        ]);
         let l2 = layer(vec![E::hardlink("a", "/etc/passwd"), E::hardlink("b", "evil/etc/passwd")]);
         let t = tree_of(&[l1, l2]);
         assert_eq!(t.get("a"), t.get("etc/passwd"));
@@ -460,7 +480,9 @@ mod tests {
         let missing = layer(vec![E::hardlink("a", "nope")]);
         assert!(Model::from_layers(&[missing]).is_err());
         let out = layer(vec![E::hardlink("a", "../../etc/passwd")]);
-        assert!(format!("{:#}", Model::from_layers(&[out]).expect_err("refused")).contains("refusing"));
+        assert!(
+            format!("{:#}", Model::from_layers(&[out]).expect_err("refused")).contains("refusing")
+        );
     }
 
     #[test]
@@ -468,7 +490,10 @@ mod tests {
         let l = layer(vec![E::file("f", b"").xattr("trusted.x", b"1").xattr("user.y", b"2")]);
         let m = Model::from_layers(&[l]).expect("ok");
         let t = m.tree();
-        assert_eq!(t.get("f").map(|n| n.xattrs.keys().cloned().collect::<Vec<_>>()), Some(vec!["user.y".into()]));
+        assert_eq!(
+            t.get("f").map(|n| n.xattrs.keys().cloned().collect::<Vec<_>>()),
+            Some(vec!["user.y".into()])
+        );
         assert!(m.warnings.iter().any(|w| w.contains("trusted.x")));
     }
 

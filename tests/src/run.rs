@@ -108,7 +108,13 @@ impl Env {
     }
 
     /// Like [`Env::pull`], with `stdin` fed to the child (for `rootfs-tar:-`).
-    pub fn pull_input(&self, source: &str, out: &Path, extra: &[&str], stdin: Option<Vec<u8>>) -> Outcome {
+    pub fn pull_input(
+        &self,
+        source: &str,
+        out: &Path,
+        extra: &[&str],
+        stdin: Option<Vec<u8>>,
+    ) -> Outcome {
         let mut args: Vec<OsString> =
             vec!["pull".into(), source.into(), "-o".into(), out.as_os_str().to_owned()];
         args.push("--worker-image".into());
@@ -132,12 +138,21 @@ pub fn error_lines(o: &Outcome) -> Vec<&str> {
 /// Fails the test unless the run exited with `code` and printed exactly one
 /// `rootbox: error: ` line that contains every string of `mentions` (case-insensitively).
 pub fn expect_failure(o: &Outcome, code: &[i32], mentions: &[&str]) {
-    assert!(code.contains(&o.code), "expected exit code {code:?}, got {}:\n{}", o.code, o.describe());
+    assert!(
+        code.contains(&o.code),
+        "expected exit code {code:?}, got {}:\n{}",
+        o.code,
+        o.describe()
+    );
     let lines = error_lines(o);
     assert_eq!(lines.len(), 1, "expected exactly one 'rootbox: error: ' line:\n{}", o.describe());
     let line = lines[0].to_lowercase();
     for m in mentions {
-        assert!(line.contains(&m.to_lowercase()), "error line does not mention {m:?}:\n{}", o.describe());
+        assert!(
+            line.contains(&m.to_lowercase()),
+            "error line does not mention {m:?}:\n{}",
+            o.describe()
+        );
     }
 }
 
@@ -155,11 +170,7 @@ pub fn expect_dir_holds(dir: &Path, names: &[&str]) {
 
 /// `e2fsck -fn IMAGE` must exit 0.
 pub fn expect_fsck_clean(image: &Path) {
-    let o = run_with(
-        Path::new("e2fsck"),
-        &["-fn".into(), image.as_os_str().to_owned()],
-        None,
-    );
+    let o = run_with(Path::new("e2fsck"), &["-fn".into(), image.as_os_str().to_owned()], None);
     assert_eq!(o.code, 0, "e2fsck found problems in {}:\n{}", image.display(), o.describe());
 }
 
@@ -208,6 +219,8 @@ pub fn json_strings(v: &Value, field: &str) -> Vec<String> {
         .as_array()
         .unwrap_or_else(|| panic!("JSON field {field} is not an array: {v}"))
         .iter()
-        .map(|s| s.as_str().unwrap_or_else(|| panic!("{field} holds a non-string: {v}")).to_string())
+        .map(|s| {
+            s.as_str().unwrap_or_else(|| panic!("{field} holds a non-string: {v}")).to_string()
+        })
         .collect()
 }

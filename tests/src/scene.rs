@@ -36,7 +36,8 @@ pub fn fingerprint(root: &Path) -> String {
             .collect();
         entries.sort();
         for p in entries {
-            let m = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
+            let m =
+                fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
             let line = format!(
                 "{} {:o} {}:{} {} {}.{}\n",
                 p.strip_prefix(root).unwrap_or(&p).display(),

@@ -83,7 +83,8 @@ fn hash_file(path: &Path) -> Result<String> {
 
 fn xattrs_of(path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     let mut out = BTreeMap::new();
-    let names = xattr::list(path).with_context(|| format!("listing xattrs of {}", path.display()))?;
+    let names =
+        xattr::list(path).with_context(|| format!("listing xattrs of {}", path.display()))?;
     for name in names {
         let key = name.to_string_lossy().into_owned();
         let value = xattr::get(path, &name)
@@ -109,7 +110,8 @@ pub fn scan(root: &Path) -> Result<Tree> {
         for name in names {
             let rel_path = rel.join(&name);
             let abs = root.join(&rel_path);
-            let meta = fs::symlink_metadata(&abs).with_context(|| format!("lstat {}", abs.display()))?;
+            let meta =
+                fs::symlink_metadata(&abs).with_context(|| format!("lstat {}", abs.display()))?;
             let ft = meta.file_type();
             let kind = if ft.is_dir() {
                 Kind::Dir
@@ -179,7 +181,10 @@ mod tests {
         let t = scan(d.path()).expect("scan");
         let names: Vec<_> = t.nodes.keys().map(|p| p.display().to_string()).collect();
         assert_eq!(names, ["g", "s", "sub", "sub/f"]);
-        assert_eq!(t.get("sub/f").and_then(|n| n.sha256.clone()), Some(crate::digest::sha256_hex(b"abc")));
+        assert_eq!(
+            t.get("sub/f").and_then(|n| n.sha256.clone()),
+            Some(crate::digest::sha256_hex(b"abc"))
+        );
         assert_eq!(t.get("s").and_then(|n| n.target.clone()), Some(b"sub/f".to_vec()));
         let mut want = Tree::default();
         want.link_group(&["g", "sub/f"]);

@@ -41,7 +41,11 @@ fn check_json(o: &Outcome, out: &Path, want: JsonWant) -> Vec<String> {
         "JSON path is not the output:\n{ctx}"
     );
     let sha = v["sha256"].as_str().unwrap_or_else(|| panic!("no sha256:\n{ctx}"));
-    assert_eq!(sha.trim_start_matches("sha256:"), file_sha256(out), "JSON sha256 is not the file's:\n{ctx}");
+    assert_eq!(
+        sha.trim_start_matches("sha256:"),
+        file_sha256(out),
+        "JSON sha256 is not the file's:\n{ctx}"
+    );
     let len = fs::metadata(out).expect("output").len();
     assert_eq!(v["size_bytes"].as_u64(), Some(len), "size_bytes is not the file size:\n{ctx}");
     let used = v["used_bytes"].as_u64().unwrap_or_else(|| panic!("no used_bytes:\n{ctx}"));
@@ -87,7 +91,13 @@ fn check_image(what: &str, out: &Path, expected: &Tree) {
     assert_same(what, expected, &actual);
 }
 
-fn pull_ok(env: &Env, source: &str, out_dir: &Path, extra: &[&str], stdin: Option<Vec<u8>>) -> Outcome {
+fn pull_ok(
+    env: &Env,
+    source: &str,
+    out_dir: &Path,
+    extra: &[&str],
+    stdin: Option<Vec<u8>>,
+) -> Outcome {
     let out = out_dir.join("out.ext4");
     let o = env.pull_input(source, &out, extra, stdin);
     expect_success(&o);
@@ -120,7 +130,11 @@ fn handmade_oci_mixed_compression_json() {
     check_json(
         &o,
         &out,
-        JsonWant { layers: Some(&w.layer_digests), diff_ids: Some(&w.diff_ids), warnings: handmade::WARNINGS },
+        JsonWant {
+            layers: Some(&w.layer_digests),
+            diff_ids: Some(&w.diff_ids),
+            warnings: handmade::WARNINGS,
+        },
     );
     check_image("hand-made via oci (gzip/zstd/plain)", &out, &handmade::expected());
 }
@@ -141,7 +155,11 @@ fn handmade_oci_untagged_docker_media_type_text() {
     let o = pull_ok(&env, &format!("oci:{}", layout.display()), &out_dir, &[], None);
     let out = out_dir.join("out.ext4");
     check_text(&o, &out);
-    check_image("hand-made via oci (docker gzip media type, untagged)", &out, &handmade::expected());
+    check_image(
+        "hand-made via oci (docker gzip media type, untagged)",
+        &out,
+        &handmade::expected(),
+    );
 }
 
 fn handmade_docker(layout: DockerLayout) {
@@ -151,11 +169,21 @@ fn handmade_docker(layout: DockerLayout) {
     let archive = tmp.path().join("image.tar");
     let w = image.write_docker_archive(&archive, layout).expect("write docker archive");
     let out_dir = fresh_out(tmp.path(), "out");
-    let o = pull_ok(&env, &format!("docker-archive:{}", archive.display()), &out_dir, &["--json"], None);
+    let o = pull_ok(
+        &env,
+        &format!("docker-archive:{}", archive.display()),
+        &out_dir,
+        &["--json"],
+        None,
+    );
     let out = out_dir.join("out.ext4");
     let v = json_summary(&o);
     assert_eq!(json_strings(&v, "layers").len(), 3, "docker-archive layers:\n{}", o.describe());
-    check_json(&o, &out, JsonWant { layers: None, diff_ids: Some(&w.diff_ids), warnings: handmade::WARNINGS });
+    check_json(
+        &o,
+        &out,
+        JsonWant { layers: None, diff_ids: Some(&w.diff_ids), warnings: handmade::WARNINGS },
+    );
     check_image(&format!("hand-made via docker-archive ({layout:?})"), &out, &handmade::expected());
 }
 
@@ -202,9 +230,17 @@ fn explicit_size_is_honoured() {
     let env = require_root!();
     let tmp = tempdir();
     let layout = tmp.path().join("oci");
-    Image::from_tars(&handmade::layers(), Compression::Gzip).write_oci(&layout, None).expect("write");
+    Image::from_tars(&handmade::layers(), Compression::Gzip)
+        .write_oci(&layout, None)
+        .expect("write");
     let out_dir = fresh_out(tmp.path(), "out");
-    let o = pull_ok(&env, &format!("oci:{}", layout.display()), &out_dir, &["--size", "128MiB", "--json"], None);
+    let o = pull_ok(
+        &env,
+        &format!("oci:{}", layout.display()),
+        &out_dir,
+        &["--size", "128MiB", "--json"],
+        None,
+    );
     let out = out_dir.join("out.ext4");
     assert_eq!(fs::metadata(&out).expect("out").len(), 128 << 20, "{}", o.describe());
     check_json(&o, &out, JsonWant { layers: None, diff_ids: None, warnings: &[] });
@@ -224,12 +260,22 @@ fn oci_tag_selects_the_manifest() {
     let tmp = tempdir();
     let layout = tmp.path().join("oci");
     let (one, two) = (tiny_image("one\n"), tiny_image("two\n"));
-    let w = oci::write_oci_multi(&layout, &[(&one, Some("one")), (&two, Some("two"))]).expect("write");
+    let w =
+        oci::write_oci_multi(&layout, &[(&one, Some("one")), (&two, Some("two"))]).expect("write");
     let out_dir = fresh_out(tmp.path(), "out");
     let o = pull_ok(&env, &format!("oci:{}:two", layout.display()), &out_dir, &["--json"], None);
     let out = out_dir.join("out.ext4");
-    check_json(&o, &out, JsonWant { layers: Some(&w[1].layer_digests), diff_ids: Some(&w[1].diff_ids), warnings: &[] });
-    let mut want = Model::from_layers(&[two.layers[0].tar.clone().expect("tar")]).expect("model").tree();
+    check_json(
+        &o,
+        &out,
+        JsonWant {
+            layers: Some(&w[1].layer_digests),
+            diff_ids: Some(&w[1].diff_ids),
+            warnings: &[],
+        },
+    );
+    let mut want =
+        Model::from_layers(&[two.layers[0].tar.clone().expect("tar")]).expect("model").tree();
     want.forget_dir_mtimes();
     check_image("tag two", &out, &want);
 
@@ -283,7 +329,11 @@ fn debian_minbase_oci() {
     let source = format!("oci:{}:bookworm", layout.display());
     let o = pull_ok(&env, &source, &out_dir, &["--json"], None);
     let out = out_dir.join("out.ext4");
-    check_json(&o, &out, JsonWant { layers: Some(&w.layer_digests), diff_ids: Some(&w.diff_ids), warnings: &[] });
+    check_json(
+        &o,
+        &out,
+        JsonWant { layers: Some(&w.layer_digests), diff_ids: Some(&w.diff_ids), warnings: &[] },
+    );
     check_image("Debian minbase via oci (3 layers)", &out, &d.expected);
 }
 
@@ -296,7 +346,13 @@ fn debian_minbase_docker_archive() {
     let archive = tmp.path().join("debian.tar");
     let w = image.write_docker_archive(&archive, DockerLayout::Legacy).expect("write");
     let out_dir = fresh_out(tmp.path(), "out");
-    let o = pull_ok(&env, &format!("docker-archive:{}", archive.display()), &out_dir, &["--json"], None);
+    let o = pull_ok(
+        &env,
+        &format!("docker-archive:{}", archive.display()),
+        &out_dir,
+        &["--json"],
+        None,
+    );
     let out = out_dir.join("out.ext4");
     check_json(&o, &out, JsonWant { layers: None, diff_ids: Some(&w.diff_ids), warnings: &[] });
     check_image("Debian minbase via docker-archive", &out, &d.expected);
@@ -308,7 +364,8 @@ fn debian_minbase_rootfs_tar() {
     let d = debian(&env);
     let tmp = tempdir();
     let out_dir = fresh_out(tmp.path(), "out");
-    let o = pull_ok(&env, &format!("rootfs-tar:{}", d.tar_path.display()), &out_dir, &["--json"], None);
+    let o =
+        pull_ok(&env, &format!("rootfs-tar:{}", d.tar_path.display()), &out_dir, &["--json"], None);
     let out = out_dir.join("out.ext4");
     check_json(&o, &out, JsonWant { layers: None, diff_ids: None, warnings: &[] });
     check_image("Debian minbase via rootfs-tar", &out, &d.expected);

@@ -12,7 +12,9 @@ use rootbox_tests::digest::sha256_hex;
 use rootbox_tests::layer::{self, Entry as E, LayerBuilder};
 use rootbox_tests::model::Model;
 use rootbox_tests::oci::{Compression, DockerLayout, Fault, Image, LayerSpec, Written};
-use rootbox_tests::run::{error_lines, expect_dir_holds, expect_failure, expect_fsck_clean, expect_success, Outcome};
+use rootbox_tests::run::{
+    error_lines, expect_dir_holds, expect_failure, expect_fsck_clean, expect_success, Outcome,
+};
 use rootbox_tests::scene::Scene;
 use rootbox_tests::tree::{assert_same, Kind, Node, Tree};
 use rootbox_tests::{require_root, snapshot, Env};
@@ -32,7 +34,14 @@ fn oci_of(scene: &Scene, tars: Vec<Vec<u8>>) -> String {
 }
 
 /// Runs a pull that must be refused with one of `codes`, and checks nothing was left or touched.
-fn refused(env: &Env, scene: &Scene, source: &str, extra: &[&str], codes: &[i32], mentions: &[&str]) -> Outcome {
+fn refused(
+    env: &Env,
+    scene: &Scene,
+    source: &str,
+    extra: &[&str],
+    codes: &[i32],
+    mentions: &[&str],
+) -> Outcome {
     let o = env.pull(source, &scene.output(), extra);
     expect_failure(&o, codes, mentions);
     scene.assert_refused_cleanly();
@@ -119,15 +128,29 @@ fn traversal_is_refused_from_every_source_kind() {
     let tar = layer(vec![E::dir("etc"), E::raw(b"../../canary", b"pwned\n")]);
     let scene = Scene::new(&env);
     let archive = scene.input.join("docker.tar");
-    Image::from_tars(&[tar.clone()], Compression::None)
+    Image::from_tars(std::slice::from_ref(&tar), Compression::None)
         .write_docker_archive(&archive, DockerLayout::Legacy)
         .expect("write");
-    refused(&env, &scene, &format!("docker-archive:{}", archive.display()), &[], &[4], &["refusing", "canary"]);
+    refused(
+        &env,
+        &scene,
+        &format!("docker-archive:{}", archive.display()),
+        &[],
+        &[4],
+        &["refusing", "canary"],
+    );
 
     let scene = Scene::new(&env);
     let flat = scene.input.join("flat.tar");
     fs::write(&flat, &tar).expect("write");
-    refused(&env, &scene, &format!("rootfs-tar:{}", flat.display()), &[], &[4], &["refusing", "canary"]);
+    refused(
+        &env,
+        &scene,
+        &format!("rootfs-tar:{}", flat.display()),
+        &[],
+        &[4],
+        &["refusing", "canary"],
+    );
 
     let scene = Scene::new(&env);
     let o = env.pull_input("rootfs-tar:-", &scene.output(), &[], Some(tar));
@@ -140,7 +163,8 @@ fn absolute_names_are_rerooted() {
     let env = require_root!();
     let scene = Scene::new(&env);
     let canary = scene.canary();
-    let mut entries = vec![E::dir("/etc"), E::raw(b"/etc/abs-file", b"abs\n"), E::raw(b"//abs-top", b"top\n")];
+    let mut entries =
+        vec![E::dir("/etc"), E::raw(b"/etc/abs-file", b"abs\n"), E::raw(b"//abs-top", b"top\n")];
     entries.extend(image_dirs_for(scene.dir.path()).into_iter().map(|e| {
         let name = [b"/".as_slice(), &e.name].concat();
         e.raw_name(&name)
@@ -187,7 +211,10 @@ fn check_symlink_ancestor(scene: &Scene, got: &Tree, host_etc_name: &str) {
     }
     let host = Path::new("/etc").join(host_etc_name);
     assert!(!host.exists(), "{} was written on the host", host.display());
-    assert!(!Path::new("/etc/x").exists() && !Path::new("/etc/y").exists(), "host /etc/x or /etc/y exists");
+    assert!(
+        !Path::new("/etc/x").exists() && !Path::new("/etc/y").exists(),
+        "host /etc/x or /etc/y exists"
+    );
 }
 
 #[test]
@@ -216,9 +243,14 @@ fn symlink_ancestor_across_layers_is_confined() {
 #[test]
 fn hardlink_out_of_the_image_is_refused() {
     let env = require_root!();
-    for target in ["../../etc/passwd", "a/../../../etc/passwd", "../../canary", "etc/../../canary"] {
+    for target in ["../../etc/passwd", "a/../../../etc/passwd", "../../canary", "etc/../../canary"]
+    {
         let scene = Scene::new(&env);
-        let tars = vec![layer(vec![E::dir("etc"), E::file("etc/passwd", b"image\n"), E::hardlink("link", target)])];
+        let tars = vec![layer(vec![
+            E::dir("etc"),
+            E::file("etc/passwd", b"image\n"),
+            E::hardlink("link", target),
+        ])];
         refused(&env, &scene, &oci_of(&scene, tars), &[], &[4], &["refusing"]);
     }
 }
@@ -227,7 +259,11 @@ fn hardlink_out_of_the_image_is_refused() {
 fn hardlink_to_absolute_path_resolves_in_the_image() {
     let env = require_root!();
     let scene = Scene::new(&env);
-    let l1 = layer(vec![E::dir("etc"), E::file("etc/passwd", b"image passwd\n").mode(0o600), E::symlink("evil", "/")]);
+    let l1 = layer(vec![
+        E::dir("etc"),
+        E::file("etc/passwd", b"image passwd\n").mode(0o600),
+        E::symlink("evil", "/"),
+    ]);
     let l2 = layer(vec![
         E::hardlink("hl", "/etc/passwd"),
         E::hardlink("hl2", "evil/etc/passwd"),
@@ -252,7 +288,11 @@ fn hardlink_to_missing_target_is_refused() {
     drop(scene0);
     for target in ["nope", "etc/passwd", "/etc/passwd", canary.as_str(), "evil/etc/shadow"] {
         let scene = Scene::new(&env);
-        let tars = vec![layer(vec![E::dir("etc"), E::symlink("evil", "/"), E::hardlink("hl-missing", target)])];
+        let tars = vec![layer(vec![
+            E::dir("etc"),
+            E::symlink("evil", "/"),
+            E::hardlink("hl-missing", target),
+        ])];
         let o = refused(&env, &scene, &oci_of(&scene, tars), &[], &[4], &[]);
         let line = error_lines(&o)[0];
         let base = target.rsplit('/').next().unwrap_or(target);
@@ -347,7 +387,10 @@ fn duplicates_in_a_layer_last_wins() {
         E::dir("g2"),
     ])];
     let got = accepted(&env, &scene, &oci_of(&scene, tars.clone()));
-    assert_eq!(got.get("f").map(|n| (n.mode, n.uid, n.sha256.clone())), Some((0o600, 1, Some(sha256_hex(b"2\n")))));
+    assert_eq!(
+        got.get("f").map(|n| (n.mode, n.uid, n.sha256.clone())),
+        Some((0o600, 1, Some(sha256_hex(b"2\n"))))
+    );
     assert_eq!(got.get("d").map(|n| (n.kind, n.mode, n.uid)), Some((Kind::Dir, 0o750, 2)));
     assert_file(&got, "d/kept", b"kept\n");
     assert_eq!(got.get("s").and_then(|n| n.target.clone()), Some(b"y".to_vec()));
@@ -551,7 +594,10 @@ fn missing_blob_is_refused() {
     for layout in [DockerLayout::Legacy, DockerLayout::Blobs] {
         let scene = Scene::new(&env);
         let archive = scene.input.join("docker.tar");
-        let img = Image::new(vec![LayerSpec::new(payload(), Compression::None).fault(Fault::MissingBlob)]);
+        let img =
+            Image::new(
+                vec![LayerSpec::new(payload(), Compression::None).fault(Fault::MissingBlob)],
+            );
         img.write_docker_archive(&archive, layout).expect("write");
         refused(&env, &scene, &format!("docker-archive:{}", archive.display()), &[], &[3], &[]);
     }

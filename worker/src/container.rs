@@ -8,7 +8,9 @@ use std::path::Path;
 
 use nix::sys::wait::{waitpid, WaitStatus};
 use rustix::fs::{FileType, Mode};
-use rustix::mount::{mount, mount_bind_recursive, mount_change, mount_remount, MountFlags, MountPropagationFlags};
+use rustix::mount::{
+    mount, mount_bind_recursive, mount_change, mount_remount, MountFlags, MountPropagationFlags,
+};
 
 use crate::sys::{self, SysError};
 
@@ -40,17 +42,27 @@ pub fn init(root: &Path, session_args: &[String]) -> Result<i32, SysError> {
         .map_err(err("mounting /dev tmpfs at", &dev))?;
     for (name, ft, major, minor) in NODES {
         let p = dev.join(name);
-        rustix::fs::mknodat(rustix::fs::CWD, &p, *ft, Mode::from_raw_mode(0o666), rustix::fs::makedev(*major, *minor))
-            .map_err(err("creating device node", &p))?;
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &p,
+            *ft,
+            Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(*major, *minor),
+        )
+        .map_err(err("creating device node", &p))?;
     }
     let tmp = root.join("tmp");
     mount(c"tmpfs", &tmp, c"tmpfs", MountFlags::NOSUID | MountFlags::NODEV, c"mode=1777,size=64m")
         .map_err(err("mounting /tmp tmpfs at", &tmp))?;
 
-    let exe = CString::new("/bin/rootbox-worker").map_err(|e| SysError::new("preparing", "/bin/rootbox-worker", std::io::Error::other(e)))?;
+    let exe = CString::new("/bin/rootbox-worker")
+        .map_err(|e| SysError::new("preparing", "/bin/rootbox-worker", std::io::Error::other(e)))?;
     let mut argv = vec![exe.clone()];
     for a in session_args {
-        argv.push(CString::new(a.as_str()).map_err(|e| SysError::new("preparing argument", a, std::io::Error::other(e)))?);
+        argv.push(
+            CString::new(a.as_str())
+                .map_err(|e| SysError::new("preparing argument", a, std::io::Error::other(e)))?,
+        );
     }
 
     let root = root.to_path_buf();
@@ -73,20 +85,33 @@ pub fn init(root: &Path, session_args: &[String]) -> Result<i32, SysError> {
 }
 
 /// In the child: PID 1 of the new PID namespace.
-fn pid1(root: &Path, exe: &CString, argv: &[CString]) -> Result<std::convert::Infallible, SysError> {
+fn pid1(
+    root: &Path,
+    exe: &CString,
+    argv: &[CString],
+) -> Result<std::convert::Infallible, SysError> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .map_err(|e| SysError::new("setting the parent-death signal", "/", e))?;
     let proc_dir = root.join("proc");
-    mount(c"proc", &proc_dir, c"proc", MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC, c"")
-        .map_err(err("mounting proc at", &proc_dir))?;
+    mount(
+        c"proc",
+        &proc_dir,
+        c"proc",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        c"",
+    )
+    .map_err(err("mounting proc at", &proc_dir))?;
     rustix::process::chdir(root).map_err(err("entering", root))?;
     // pivot_root(".", ".") stacks the old root under the new one; detach it right away.
     rustix::process::pivot_root(".", ".").map_err(err("pivot_root into", root))?;
-    rustix::mount::unmount(".", rustix::mount::UnmountFlags::DETACH).map_err(err("detaching the old root", root))?;
+    rustix::mount::unmount(".", rustix::mount::UnmountFlags::DETACH)
+        .map_err(err("detaching the old root", root))?;
     rustix::process::chdir("/").map_err(err("entering", Path::new("/")))?;
-    rustix::system::sethostname(b"rootbox-worker").map_err(err("setting hostname", Path::new("/")))?;
-    sys::caps::restrict_to(sys::caps::SESSION)
-        .map_err(|e| SysError::new("bounding capabilities", "/", std::io::Error::other(e.to_string())))?;
+    rustix::system::sethostname(b"rootbox-worker")
+        .map_err(err("setting hostname", Path::new("/")))?;
+    sys::caps::restrict_to(sys::caps::SESSION).map_err(|e| {
+        SysError::new("bounding capabilities", "/", std::io::Error::other(e.to_string()))
+    })?;
     sys::caps::no_new_privs().map_err(|e| SysError::new("setting no_new_privs", "/", e))?;
     let env: [CString; 1] = [c"PATH=/sbin:/bin".into()];
     let e = nix::unistd::execve(exe, argv, &env).err().unwrap_or(nix::errno::Errno::EINVAL);

@@ -20,7 +20,9 @@ pub enum Ext4Error {
     },
     #[error("{tool} failed ({status}): {output}")]
     Tool { tool: &'static str, status: String, output: String },
-    #[error("the content needs at least {need} bytes ({need_mib} MiB) but --size asks for {have} bytes")]
+    #[error(
+        "the content needs at least {need} bytes ({need_mib} MiB) but --size asks for {have} bytes"
+    )]
     TooSmall { need: u64, need_mib: u64, have: u64 },
     #[error("the device holds {have} bytes but the filesystem needs {need}")]
     DeviceTooSmall { need: u64, have: u64 },
@@ -36,15 +38,16 @@ fn run(tool: &'static str, args: &[&str]) -> Result<String, Ext4Error> {
         .env("LANG", "C")
         .output()
         .map_err(|source| Ext4Error::Spawn { tool, source })?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
         let tail: Vec<&str> = text.lines().rev().take(12).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Err(Ext4Error::Tool { tool, status: out.status.to_string(), output: tail.join(" | ") });
+        return Err(Ext4Error::Tool {
+            tool,
+            status: out.status.to_string(),
+            output: tail.join(" | "),
+        });
     }
     Ok(text)
 }
@@ -65,8 +68,22 @@ pub fn mkfs(dev: &Path, label: Option<&str>, content_hint: u64) -> Result<(), Ex
     let journal = format!("size={}", journal_mib(content_hint));
     let dev = dev.to_string_lossy();
     let mut args = vec![
-        "-t", "ext4", "-F", "-q", "-b", "4096", "-I", "256", "-i", "4096", "-m", "0", "-J",
-        &journal, "-E", "lazy_itable_init=1,lazy_journal_init=1",
+        "-t",
+        "ext4",
+        "-F",
+        "-q",
+        "-b",
+        "4096",
+        "-I",
+        "256",
+        "-i",
+        "4096",
+        "-m",
+        "0",
+        "-J",
+        &journal,
+        "-E",
+        "lazy_itable_init=1,lazy_journal_init=1",
     ];
     if let Some(l) = label {
         args.extend(["-L", l]);
@@ -85,7 +102,9 @@ pub fn minimum(dev: &Path) -> Result<u64, Ext4Error> {
     let out = run(RESIZE2FS, &["-P", &dev.to_string_lossy()])?;
     let blocks = out
         .lines()
-        .find_map(|l| l.split_once("minimum size of the filesystem:").map(|(_, n)| n.trim().to_string()))
+        .find_map(|l| {
+            l.split_once("minimum size of the filesystem:").map(|(_, n)| n.trim().to_string())
+        })
         .and_then(|n| n.parse::<u64>().ok())
         .ok_or_else(|| Ext4Error::Estimate(out.clone()))?;
     Ok(blocks * BLOCK)
@@ -95,7 +114,11 @@ pub fn minimum(dev: &Path) -> Result<u64, Ext4Error> {
 /// proportion to the filesystem's current size (measured: 512 MiB estimated for a Debian
 /// minbase on a 1.8 GiB scratch filesystem, 256 MiB reached), so shrink to the estimate and
 /// ask again until it stops improving. With `Exact`, stop as soon as the target fits.
-pub fn converge_minimum(dev: &Path, device: u64, policy: rootbox_proto::SizePolicy) -> Result<u64, Ext4Error> {
+pub fn converge_minimum(
+    dev: &Path,
+    device: u64,
+    policy: rootbox_proto::SizePolicy,
+) -> Result<u64, Ext4Error> {
     let mut current = device;
     let mut min = minimum(dev)?;
     for _ in 0..6 {
@@ -115,7 +138,11 @@ pub fn converge_minimum(dev: &Path, device: u64, policy: rootbox_proto::SizePoli
 }
 
 /// The size `policy` asks for, given the minimum and what the device holds.
-pub fn target_size(min: u64, device: u64, policy: rootbox_proto::SizePolicy) -> Result<u64, Ext4Error> {
+pub fn target_size(
+    min: u64,
+    device: u64,
+    policy: rootbox_proto::SizePolicy,
+) -> Result<u64, Ext4Error> {
     use rootbox_proto::SizePolicy;
     const MIB: u64 = 1 << 20;
     let want = match policy {
@@ -125,7 +152,11 @@ pub fn target_size(min: u64, device: u64, policy: rootbox_proto::SizePolicy) -> 
         }
         SizePolicy::Exact { bytes } => {
             if bytes < min {
-                return Err(Ext4Error::TooSmall { need: min, need_mib: min.div_ceil(MIB), have: bytes });
+                return Err(Ext4Error::TooSmall {
+                    need: min,
+                    need_mib: min.div_ceil(MIB),
+                    have: bytes,
+                });
             }
             bytes
         }
@@ -190,10 +221,22 @@ mod tests {
     #[test]
     fn size_policy() {
         const M: u64 = 1 << 20;
-        assert_eq!(target_size(100 * M, 1 << 40, SizePolicy::Auto { headroom_pct: 20 }).unwrap(), 120 * M);
-        assert_eq!(target_size(100 * M + 1, 1 << 40, SizePolicy::Auto { headroom_pct: 0 }).unwrap(), 101 * M);
-        assert_eq!(target_size(100 * M, 110 * M, SizePolicy::Auto { headroom_pct: 20 }).unwrap(), 110 * M);
-        assert_eq!(target_size(100 * M, 1 << 40, SizePolicy::Exact { bytes: 200 * M }).unwrap(), 200 * M);
+        assert_eq!(
+            target_size(100 * M, 1 << 40, SizePolicy::Auto { headroom_pct: 20 }).unwrap(),
+            120 * M
+        );
+        assert_eq!(
+            target_size(100 * M + 1, 1 << 40, SizePolicy::Auto { headroom_pct: 0 }).unwrap(),
+            101 * M
+        );
+        assert_eq!(
+            target_size(100 * M, 110 * M, SizePolicy::Auto { headroom_pct: 20 }).unwrap(),
+            110 * M
+        );
+        assert_eq!(
+            target_size(100 * M, 1 << 40, SizePolicy::Exact { bytes: 200 * M }).unwrap(),
+            200 * M
+        );
         let e = target_size(100 * M, 1 << 40, SizePolicy::Exact { bytes: 50 * M }).unwrap_err();
         assert!(e.to_string().contains("needs at least 104857600 bytes (100 MiB)"), "{e}");
     }

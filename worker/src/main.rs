@@ -62,11 +62,12 @@ fn container_init(args: &[String]) -> i32 {
 /// Takes ownership of an inherited descriptor named on the command line.
 fn inherited_fd(args: &[String], name: &str) -> Option<OwnedFd> {
     let fd: RawFd = flag(args, name)?.parse().ok()?;
-    if fd < 3 || rustix::io::fcntl_getfd(
-        // SAFETY: only used to probe that `fd` is open before taking ownership below.
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
-    )
-    .is_err()
+    if fd < 3
+        || rustix::io::fcntl_getfd(
+            // SAFETY: only used to probe that `fd` is open before taking ownership below.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        )
+        .is_err()
     {
         return None;
     }

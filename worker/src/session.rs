@@ -11,7 +11,7 @@ use rootbox_proto::{
     PROTOCOL_VERSION,
 };
 
-use crate::apply::{ApplyError, Applier};
+use crate::apply::{Applier, ApplyError};
 use crate::ext4;
 use crate::stream::{stream_cause, LayerStream, StreamError};
 use crate::sys;
@@ -37,7 +37,12 @@ pub struct Failure(pub RemoteError);
 
 impl Failure {
     pub fn new(operation: impl Into<String>, err: &(dyn std::error::Error + 'static)) -> Self {
-        Self(RemoteError { operation: operation.into(), layer: None, path: None, causes: chain(err) })
+        Self(RemoteError {
+            operation: operation.into(),
+            layer: None,
+            path: None,
+            causes: chain(err),
+        })
     }
 }
 
@@ -91,15 +96,12 @@ impl Session {
         }
     }
 
-    /// Sends an error before any job was read (e.g. the worker could not start properly).
-    pub fn report(mut self, f: Failure) {
-        let _ = self.wr.send(&Control::Error(f.0));
-    }
-
     fn handshake(&mut self) -> Result<JobSpec, ProtoError> {
         let hello = match self.rd.read_control()? {
             Control::Hello(h) => h,
-            other => return Err(ProtoError::Unexpected { expected: "hello", got: format!("{other:?}") }),
+            other => {
+                return Err(ProtoError::Unexpected { expected: "hello", got: format!("{other:?}") })
+            }
         };
         self.wr.send(&Control::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -132,21 +134,26 @@ impl Session {
         self.progress(Phase::Mkfs)?;
         let (_loop_dev, dev): (Option<sys::loopdev::LoopDevice>, PathBuf) = match &output {
             Output::File(f) => {
-                let l = sys::loopdev::LoopDevice::attach(f, Path::new("/dev"))
-                    .map_err(|e| Some(Failure::new("attaching the output file to a loop device", &e)))?;
+                let l = sys::loopdev::LoopDevice::attach(f, Path::new("/dev")).map_err(|e| {
+                    Some(Failure::new("attaching the output file to a loop device", &e))
+                })?;
                 let p = l.path().to_path_buf();
                 (Some(l), p)
             }
             Output::Device(p) => (None, p.clone()),
         };
-        let device_bytes = device_size(&dev).map_err(|e| Some(Failure::new("sizing the output device", &e)))?;
+        let device_bytes =
+            device_size(&dev).map_err(|e| Some(Failure::new("sizing the output device", &e)))?;
         ext4::mkfs(&dev, job.label.as_deref(), job.content_hint)
             .map_err(|e| Some(Failure::new("creating the filesystem", &e)))?;
         let mount = Mount::ext4(&dev, Path::new(TARGET))
             .map_err(|e| Some(Failure::new("mounting the new filesystem", &e)))?;
         let mut warnings = Vec::new();
         if let Err(e) = pack_allocations(&dev) {
-            warnings.push(format!("could not pack allocations (shrinking may be slower): {}", chain(&e).join(": ")));
+            warnings.push(format!(
+                "could not pack allocations (shrinking may be slower): {}",
+                chain(&e).join(": ")
+            ));
         }
         lap(Phase::Mkfs, &mut t);
 
@@ -165,8 +172,10 @@ impl Session {
         lap(Phase::Shrink, &mut t);
 
         self.progress(Phase::Fsck)?;
-        ext4::check(&dev).map_err(|e| Some(Failure::new("checking the filesystem (e2fsck -fn)", &e)))?;
-        let usage = ext4::usage(&dev).map_err(|e| Some(Failure::new("reading filesystem usage", &e)))?;
+        ext4::check(&dev)
+            .map_err(|e| Some(Failure::new("checking the filesystem (e2fsck -fn)", &e)))?;
+        let usage =
+            ext4::usage(&dev).map_err(|e| Some(Failure::new("reading filesystem usage", &e)))?;
         lap(Phase::Fsck, &mut t);
         rustix::fs::sync();
 
@@ -185,16 +194,14 @@ impl Session {
         let entries_pipe = std::os::unix::net::UnixDatagram::pair()
             .map_err(|e| Some(Failure::new("creating a pipe", &e)))?;
         let (tx, rx) = entries_pipe;
-        let pid = sys::process::fork_run(|| {
-            match applier_main(&mut self.rd, &mut self.wr, job) {
-                Ok(entries) => {
-                    let _ = tx.send(&entries.to_le_bytes());
-                    0
-                }
-                Err(f) => {
-                    let _ = self.wr.send(&Control::Error(f.0));
-                    REPORTED
-                }
+        let pid = sys::process::fork_run(|| match applier_main(&mut self.rd, &mut self.wr, job) {
+            Ok(entries) => {
+                let _ = tx.send(&entries.to_le_bytes());
+                0
+            }
+            Err(f) => {
+                let _ = self.wr.send(&Control::Error(f.0));
+                REPORTED
             }
         })
         .map_err(|e| Some(Failure::new("starting the layer applier", &e)))?;
@@ -232,8 +239,13 @@ impl Session {
 }
 
 /// The applier: reads `LayerBegin`/data/`LayerEnd` until `Finish`. Runs in the child.
-fn applier_main(rd: &mut Reader<Transport>, wr: &mut Writer<Transport>, job: &JobSpec) -> Result<u64, Failure> {
-    sys::caps::restrict_to(sys::caps::APPLIER).map_err(|e| Failure::new("dropping capabilities", &e))?;
+fn applier_main(
+    rd: &mut Reader<Transport>,
+    wr: &mut Writer<Transport>,
+    job: &JobSpec,
+) -> Result<u64, Failure> {
+    sys::caps::restrict_to(sys::caps::APPLIER)
+        .map_err(|e| Failure::new("dropping capabilities", &e))?;
     sys::caps::no_new_privs().map_err(|e| Failure::new("setting no_new_privs", &e))?;
     sys::process::limit_memory(APPLIER_MEMORY).map_err(|e| Failure::new("bounding memory", &e))?;
     rustix::process::umask(rustix::fs::Mode::empty());
@@ -250,8 +262,12 @@ fn applier_main(rd: &mut Reader<Transport>, wr: &mut Writer<Transport>, job: &Jo
                 let i = index as usize;
                 let digest = job.layers.get(i).map(|l| l.digest.clone());
                 let _ = wr.send(&Control::Progress { phase: Phase::Apply, layer: Some(index) });
-                let mut stream = LayerStream::new(rd, index, &mut budget, job.limits.max_total_bytes);
-                let res = applier.apply_layer(&mut stream).map_err(LayerFailure::Apply).and_then(|()| stream.finish().map_err(LayerFailure::Stream));
+                let mut stream =
+                    LayerStream::new(rd, index, &mut budget, job.limits.max_total_bytes);
+                let res = applier
+                    .apply_layer(&mut stream)
+                    .map_err(LayerFailure::Apply)
+                    .and_then(|()| stream.finish().map_err(LayerFailure::Stream));
                 if let Err(e) = res {
                     return Err(layer_failure(e, i, total, digest));
                 }
@@ -266,7 +282,13 @@ fn applier_main(rd: &mut Reader<Transport>, wr: &mut Writer<Transport>, job: &Jo
                 }))
             }
             Ok(other) => {
-                return Err(Failure::new("applying layers", &ProtoError::Unexpected { expected: "layer_begin or finish", got: format!("{other:?}") }))
+                return Err(Failure::new(
+                    "applying layers",
+                    &ProtoError::Unexpected {
+                        expected: "layer_begin or finish",
+                        got: format!("{other:?}"),
+                    },
+                ))
             }
             Err(e) => return Err(Failure::new("reading from the host", &e)),
         }
@@ -278,7 +300,8 @@ fn applier_main(rd: &mut Reader<Transport>, wr: &mut Writer<Transport>, job: &Jo
         let _ = wr.send(&Control::Warning { message: w });
     }
     if n > SHOWN {
-        let _ = wr.send(&Control::Warning { message: format!("... and {} more warnings", n - SHOWN) });
+        let _ =
+            wr.send(&Control::Warning { message: format!("... and {} more warnings", n - SHOWN) });
     }
     Ok(entries)
 }
@@ -326,8 +349,14 @@ fn pack_allocations(dev: &Path) -> Result<(), sys::SysError> {
     let sysfs = Path::new("/sys");
     let mounted_here = !sysfs.join("fs").exists();
     if mounted_here {
-        mount(c"sysfs", sysfs, c"sysfs", MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC, c"")
-            .map_err(|e| sys::SysError::new("mounting sysfs at", sysfs, e))?;
+        mount(
+            c"sysfs",
+            sysfs,
+            c"sysfs",
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            c"",
+        )
+        .map_err(|e| sys::SysError::new("mounting sysfs at", sysfs, e))?;
     }
     let knob = sysfs.join("fs/ext4").join(&name).join("inode_goal");
     // The first inode after the reserved ones and lost+found.

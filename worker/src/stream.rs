@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 /// Why a layer stream stopped early; carried inside `io::Error` through the tar reader.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("layer content exceeds the {max}-byte limit on uncompressed bytes (--max-uncompressed)")]
+    #[error(
+        "layer content exceeds the {max}-byte limit on uncompressed bytes (--max-uncompressed)"
+    )]
     Limit { max: u64 },
     #[error("the host aborted the job: {0}")]
     Aborted(String),
@@ -43,7 +45,17 @@ pub struct LayerStream<'a, R> {
 
 impl<'a, R: Read> LayerStream<'a, R> {
     pub fn new(rd: &'a mut Reader<R>, index: u32, budget: &'a mut u64, max: u64) -> Self {
-        Self { rd, index, avail: 0, off: 0, done: false, bytes: 0, hasher: Sha256::new(), budget, max }
+        Self {
+            rd,
+            index,
+            avail: 0,
+            off: 0,
+            done: false,
+            bytes: 0,
+            hasher: Sha256::new(),
+            budget,
+            max,
+        }
     }
 
     fn next_frame(&mut self) -> Result<(), StreamError> {

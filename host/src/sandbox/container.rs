@@ -30,7 +30,10 @@ pub fn unavailable(image: &WorkerImage) -> Option<String> {
     }
     let problems = image.problems();
     if !problems.is_empty() {
-        return Some(format!("the worker image is incomplete: {}; rebuild it with `make image`", problems.join("; ")));
+        return Some(format!(
+            "the worker image is incomplete: {}; rebuild it with `make image`",
+            problems.join("; ")
+        ));
     }
     None
 }
@@ -46,7 +49,8 @@ pub fn start(image: &WorkerImage, output: &File) -> Result<Container, Unavailabl
     if let Some(why) = unavailable(image) {
         return Err(Unavailable(why));
     }
-    let (host_end, worker_end) = UnixStream::pair().map_err(|e| Unavailable(format!("socketpair: {e}")))?;
+    let (host_end, worker_end) =
+        UnixStream::pair().map_err(|e| Unavailable(format!("socketpair: {e}")))?;
     let sfd = worker_end.as_raw_fd();
     let ofd = output.as_raw_fd();
     let rootfs = image.rootfs();
@@ -80,7 +84,9 @@ pub fn start(image: &WorkerImage, output: &File) -> Result<Container, Unavailabl
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| Unavailable(format!("starting {}: {e}", image.worker().display())))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Unavailable(format!("starting {}: {e}", image.worker().display())))?;
     drop(worker_end);
     let mut tail = Tail::default();
     if let Some(err) = child.stderr.take() {

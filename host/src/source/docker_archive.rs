@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::spec::{self, PlatformSpec};
-use super::{check_platform, pair_diff_ids, read_bounded, BlobLocation, CompressionHint, Image, Layer, Result, Source, SourceError};
+use super::{
+    check_platform, pair_diff_ids, read_bounded, BlobLocation, CompressionHint, Image, Layer,
+    Result, Source, SourceError,
+};
 use crate::digest::Digest;
 
 pub struct DockerArchive {
@@ -46,7 +49,9 @@ impl DockerArchive {
     /// Lists the tarball's members: name → location (or link target).
     fn members(&self) -> Result<HashMap<String, Member>> {
         let f = File::open(&self.path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => SourceError::Missing { what: "docker archive".into(), path: self.path.clone() },
+            std::io::ErrorKind::NotFound => {
+                SourceError::Missing { what: "docker archive".into(), path: self.path.clone() }
+            }
             _ => SourceError::Io { what: self.name.clone(), path: self.path.clone(), source: e },
         })?;
         let mut ar = tar::Archive::new(std::io::BufReader::new(f));
@@ -55,11 +60,19 @@ impl DockerArchive {
             let e = e.map_err(self.io("listing members"))?;
             let name = normalize(&String::from_utf8_lossy(&e.path_bytes()));
             let m = match e.header().entry_type() {
-                tar::EntryType::Regular | tar::EntryType::Continuous => Member::File { offset: e.raw_file_position(), len: e.size() },
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    Member::File { offset: e.raw_file_position(), len: e.size() }
+                }
                 tar::EntryType::Symlink | tar::EntryType::Link => {
-                    let target = e.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                    let target = e
+                        .link_name_bytes()
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .unwrap_or_default();
                     let target = if e.header().entry_type() == tar::EntryType::Symlink {
-                        let dir = Path::new(&name).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                        let dir = Path::new(&name)
+                            .parent()
+                            .map(|p| p.to_string_lossy().into_owned())
+                            .unwrap_or_default();
                         normalize(&format!("{dir}/{target}"))
                     } else {
                         normalize(&target)
@@ -82,10 +95,18 @@ impl DockerArchive {
                 None => break,
             }
         }
-        Err(SourceError::Missing { what: format!("{}: member {name:?}", self.name), path: self.path.clone() })
+        Err(SourceError::Missing {
+            what: format!("{}: member {name:?}", self.name),
+            path: self.path.clone(),
+        })
     }
 
-    fn read_member(&self, members: &HashMap<String, Member>, name: &str, what: &str) -> Result<Vec<u8>> {
+    fn read_member(
+        &self,
+        members: &HashMap<String, Member>,
+        name: &str,
+        what: &str,
+    ) -> Result<Vec<u8>> {
         let (offset, len) = self.locate(members, name)?;
         if len > spec::JSON_MAX {
             return Err(SourceError::TooLarge { what: what.into(), max: spec::JSON_MAX });
@@ -121,8 +142,9 @@ impl Source for DockerArchive {
     fn resolve(&self, platform: &PlatformSpec) -> Result<Image> {
         let members = self.members()?;
         let what = format!("{} manifest.json", self.name);
-        let manifest: Vec<Entry> = serde_json::from_slice(&self.read_member(&members, "manifest.json", &what)?)
-            .map_err(|source| SourceError::Json { what: what.clone(), source })?;
+        let manifest: Vec<Entry> =
+            serde_json::from_slice(&self.read_member(&members, "manifest.json", &what)?)
+                .map_err(|source| SourceError::Json { what: what.clone(), source })?;
         let entry = match manifest.as_slice() {
             [one] => one,
             [] => return Err(SourceError::Invalid(format!("{what} lists no image"))),
@@ -130,7 +152,10 @@ impl Source for DockerArchive {
                 return Err(SourceError::Invalid(format!(
                     "{what} lists {} images; rootbox takes archives of one image ({})",
                     many.len(),
-                    many.iter().flat_map(|e| e.repo_tags.clone().unwrap_or_default()).collect::<Vec<_>>().join(", ")
+                    many.iter()
+                        .flat_map(|e| e.repo_tags.clone().unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )))
             }
         };
@@ -143,10 +168,15 @@ impl Source for DockerArchive {
         });
         if let Some(expected) = expected {
             if expected != config_digest {
-                return Err(SourceError::DigestMismatch { what: cwhat, expected, actual: config_digest });
+                return Err(SourceError::DigestMismatch {
+                    what: cwhat,
+                    expected,
+                    actual: config_digest,
+                });
             }
         }
-        let config: spec::Config = serde_json::from_slice(&config_bytes).map_err(|source| SourceError::Json { what: cwhat, source })?;
+        let config: spec::Config = serde_json::from_slice(&config_bytes)
+            .map_err(|source| SourceError::Json { what: cwhat, source })?;
         check_platform(&self.name, platform, &config)?;
         let diff_ids = pair_diff_ids(&self.name, entry.layers.len(), &config)?;
         let mut layers = Vec::new();

@@ -14,7 +14,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::digest::{BadDigest, Digest};
+use crate::digest::Digest;
 use spec::{Compression, PlatformSpec};
 
 /// Everything wrong with a source itself (exit code 3).
@@ -39,12 +39,6 @@ pub enum SourceError {
     },
     #[error("{what} is larger than {max} bytes")]
     TooLarge { what: String, max: u64 },
-    #[error("{what}: {source}")]
-    Digest {
-        what: String,
-        #[source]
-        source: BadDigest,
-    },
     #[error("{what}: digest mismatch: expected {expected}, content is {actual}")]
     DigestMismatch { what: String, expected: Digest, actual: Digest },
     #[error("{what}: uncompressed content {actual} does not match diff_id {expected} in the image config")]
@@ -163,9 +157,11 @@ pub fn read_json_file<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -
 
 pub fn read_bounded(r: impl Read, what: &str, path: &Path) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    r.take(spec::JSON_MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| SourceError::Io { what: what.into(), path: path.into(), source: e })?;
+    r.take(spec::JSON_MAX + 1).read_to_end(&mut bytes).map_err(|e| SourceError::Io {
+        what: what.into(),
+        path: path.into(),
+        source: e,
+    })?;
     if bytes.len() as u64 > spec::JSON_MAX {
         return Err(SourceError::TooLarge { what: what.into(), max: spec::JSON_MAX });
     }
@@ -175,7 +171,10 @@ pub fn read_bounded(r: impl Read, what: &str, path: &Path) -> Result<Vec<u8>> {
 /// Checks layers against the config's diff_ids (count) and returns them paired.
 pub fn pair_diff_ids(what: &str, n_layers: usize, config: &spec::Config) -> Result<Vec<Digest>> {
     if config.rootfs.kind != "layers" {
-        return Err(SourceError::Invalid(format!("{what}: rootfs type {:?} is not \"layers\"", config.rootfs.kind)));
+        return Err(SourceError::Invalid(format!(
+            "{what}: rootfs type {:?} is not \"layers\"",
+            config.rootfs.kind
+        )));
     }
     if config.rootfs.diff_ids.len() != n_layers {
         return Err(SourceError::Invalid(format!(

@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use super::spec::{self, describe_platform, Descriptor, Index, Manifest, PlatformSpec};
-use super::{check_platform, pair_diff_ids, read_bounded, BlobLocation, CompressionHint, Image, Layer, Result, Source, SourceError};
+use super::{
+    check_platform, pair_diff_ids, read_bounded, BlobLocation, CompressionHint, Image, Layer,
+    Result, Source, SourceError,
+};
 use crate::digest::Digest;
 
 pub struct OciLayout {
@@ -30,24 +33,40 @@ impl OciLayout {
     }
 
     /// Reads a JSON blob, checking its size and digest against the descriptor.
-    fn read_blob_json<T: serde::de::DeserializeOwned>(&self, desc: &Descriptor, what: &str) -> Result<T> {
+    fn read_blob_json<T: serde::de::DeserializeOwned>(
+        &self,
+        desc: &Descriptor,
+        what: &str,
+    ) -> Result<T> {
         if desc.size > spec::JSON_MAX {
             return Err(SourceError::TooLarge { what: what.into(), max: spec::JSON_MAX });
         }
         let path = self.blob_path(&desc.digest);
         let f = std::fs::File::open(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => SourceError::Missing { what: format!("{what} blob {}", desc.digest), path: path.clone() },
+            std::io::ErrorKind::NotFound => SourceError::Missing {
+                what: format!("{what} blob {}", desc.digest),
+                path: path.clone(),
+            },
             _ => SourceError::Io { what: what.into(), path: path.clone(), source: e },
         })?;
         let bytes = read_bounded(f, what, &path)?;
         let actual = Digest::of(&bytes);
         if actual != desc.digest {
-            return Err(SourceError::DigestMismatch { what: what.into(), expected: desc.digest.clone(), actual });
+            return Err(SourceError::DigestMismatch {
+                what: what.into(),
+                expected: desc.digest.clone(),
+                actual,
+            });
         }
         if bytes.len() as u64 != desc.size {
-            return Err(SourceError::SizeMismatch { what: what.into(), expected: desc.size, actual: bytes.len() as u64 });
+            return Err(SourceError::SizeMismatch {
+                what: what.into(),
+                expected: desc.size,
+                actual: bytes.len() as u64,
+            });
         }
-        serde_json::from_slice(&bytes).map_err(|source| SourceError::Json { what: what.into(), source })
+        serde_json::from_slice(&bytes)
+            .map_err(|source| SourceError::Json { what: what.into(), source })
     }
 
     fn pick<'a>(&self, index: &'a Index) -> Result<&'a Descriptor> {
@@ -57,12 +76,23 @@ impl OciLayout {
                 .iter()
                 .find(|d| d.annotations.get(spec::REF_NAME) == Some(tag))
                 .ok_or_else(|| {
-                    let tags: Vec<&str> = index.manifests.iter().filter_map(|d| d.annotations.get(spec::REF_NAME).map(String::as_str)).collect();
-                    SourceError::Invalid(format!("{}: no manifest tagged {tag:?} (tags: {})", self.name, if tags.is_empty() { "none".into() } else { tags.join(", ") }))
+                    let tags: Vec<&str> = index
+                        .manifests
+                        .iter()
+                        .filter_map(|d| d.annotations.get(spec::REF_NAME).map(String::as_str))
+                        .collect();
+                    SourceError::Invalid(format!(
+                        "{}: no manifest tagged {tag:?} (tags: {})",
+                        self.name,
+                        if tags.is_empty() { "none".into() } else { tags.join(", ") }
+                    ))
                 }),
             None => match index.manifests.as_slice() {
                 [one] => Ok(one),
-                [] => Err(SourceError::Invalid(format!("{}: index.json lists no manifests", self.name))),
+                [] => Err(SourceError::Invalid(format!(
+                    "{}: index.json lists no manifests",
+                    self.name
+                ))),
                 many => Err(SourceError::Invalid(format!(
                     "{}: index.json lists {} manifests; name one with oci:DIR:TAG",
                     self.name,
@@ -73,21 +103,33 @@ impl OciLayout {
     }
 
     /// Follows nested indexes down to the manifest for `platform`.
-    fn manifest(&self, mut desc: Descriptor, platform: &PlatformSpec) -> Result<(Descriptor, Manifest)> {
+    fn manifest(
+        &self,
+        mut desc: Descriptor,
+        platform: &PlatformSpec,
+    ) -> Result<(Descriptor, Manifest)> {
         for _ in 0..4 {
-            let is_index = desc.media_type == spec::OCI_INDEX || desc.media_type == spec::DOCKER_LIST;
+            let is_index =
+                desc.media_type == spec::OCI_INDEX || desc.media_type == spec::DOCKER_LIST;
             if !is_index {
                 let m: Manifest = self.read_blob_json(&desc, &format!("{} manifest", self.name))?;
                 return Ok((desc, m));
             }
             let idx: Index = self.read_blob_json(&desc, &format!("{} image index", self.name))?;
-            let offered: Vec<String> = idx.manifests.iter().map(|d| describe_platform(&d.platform)).collect();
+            let offered: Vec<String> =
+                idx.manifests.iter().map(|d| describe_platform(&d.platform)).collect();
             desc = idx
                 .manifests
                 .iter()
                 .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
                 .cloned()
-                .ok_or_else(|| SourceError::Invalid(format!("{}: no manifest for {platform}; the index offers {}", self.name, offered.join(", "))))?;
+                .ok_or_else(|| {
+                    SourceError::Invalid(format!(
+                        "{}: no manifest for {platform}; the index offers {}",
+                        self.name,
+                        offered.join(", ")
+                    ))
+                })?;
         }
         Err(SourceError::Invalid(format!("{}: image indexes nested too deeply", self.name)))
     }
@@ -97,23 +139,36 @@ impl Source for OciLayout {
     fn resolve(&self, platform: &PlatformSpec) -> Result<Image> {
         let layout = self.dir.join("oci-layout");
         if !layout.is_file() {
-            return Err(SourceError::Missing { what: format!("{}: OCI layout marker", self.name), path: layout });
+            return Err(SourceError::Missing {
+                what: format!("{}: OCI layout marker", self.name),
+                path: layout,
+            });
         }
-        let index: Index = super::read_json_file(&self.dir.join("index.json"), &format!("{} index.json", self.name))?;
+        let index: Index = super::read_json_file(
+            &self.dir.join("index.json"),
+            &format!("{} index.json", self.name),
+        )?;
         let desc = self.pick(&index)?.clone();
         let (desc, manifest) = self.manifest(desc, platform)?;
-        let config: spec::Config = self.read_blob_json(&manifest.config, &format!("{} config", self.name))?;
+        let config: spec::Config =
+            self.read_blob_json(&manifest.config, &format!("{} config", self.name))?;
         check_platform(&self.name, platform, &config)?;
         let diff_ids = pair_diff_ids(&self.name, manifest.layers.len(), &config)?;
         let mut layers = Vec::new();
         for (i, (d, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
             let what = format!("{} layer {} ({})", self.name, i + 1, d.digest);
-            let compression = spec::layer_compression(&d.media_type)
-                .ok_or_else(|| SourceError::MediaType { what: what.clone(), media_type: d.media_type.clone() })?;
+            let compression = spec::layer_compression(&d.media_type).ok_or_else(|| {
+                SourceError::MediaType { what: what.clone(), media_type: d.media_type.clone() }
+            })?;
             let path = self.blob_path(&d.digest);
-            let meta = std::fs::metadata(&path).map_err(|_| SourceError::Missing { what: what.clone(), path: path.clone() })?;
+            let meta = std::fs::metadata(&path)
+                .map_err(|_| SourceError::Missing { what: what.clone(), path: path.clone() })?;
             if meta.len() != d.size {
-                return Err(SourceError::SizeMismatch { what, expected: d.size, actual: meta.len() });
+                return Err(SourceError::SizeMismatch {
+                    what,
+                    expected: d.size,
+                    actual: meta.len(),
+                });
             }
             layers.push(Layer {
                 digest: d.digest.clone(),

@@ -47,18 +47,29 @@ impl Source for RootfsTar {
         let (digest, blob) = match &self.path {
             Some(path) => {
                 let f = File::open(path).map_err(|e| match e.kind() {
-                    io::ErrorKind::NotFound => SourceError::Missing { what: "rootfs tar".into(), path: path.clone() },
+                    io::ErrorKind::NotFound => {
+                        SourceError::Missing { what: "rootfs tar".into(), path: path.clone() }
+                    }
                     _ => SourceError::Io { what: self.name.clone(), path: path.clone(), source: e },
                 })?;
                 let (digest, len) = hash_copy(io::BufReader::with_capacity(1 << 20, f), io::sink())
-                    .map_err(|source| SourceError::Io { what: self.name.clone(), path: path.clone(), source })?;
+                    .map_err(|source| SourceError::Io {
+                        what: self.name.clone(),
+                        path: path.clone(),
+                        source,
+                    })?;
                 (digest, BlobLocation::File { path: path.clone(), offset: 0, len })
             }
             None => {
                 let stdin = PathBuf::from("<stdin>");
-                let io_err = |source| SourceError::Io { what: "spooling standard input".into(), path: stdin.clone(), source };
+                let io_err = |source| SourceError::Io {
+                    what: "spooling standard input".into(),
+                    path: stdin.clone(),
+                    source,
+                };
                 let spool = tempfile::tempfile().map_err(io_err)?;
-                let (digest, len) = hash_copy(io::stdin().lock(), io::BufWriter::new(&spool)).map_err(io_err)?;
+                let (digest, len) =
+                    hash_copy(io::stdin().lock(), io::BufWriter::new(&spool)).map_err(io_err)?;
                 (digest, BlobLocation::Spooled { file: Arc::new(spool), len })
             }
         };

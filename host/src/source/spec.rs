@@ -7,9 +7,7 @@ use serde::Deserialize;
 use crate::digest::Digest;
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// Largest JSON document (index, manifest, config) read into memory.
@@ -39,16 +37,12 @@ pub struct Descriptor {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Index {
-    #[serde(default)]
-    pub media_type: Option<String>,
     pub manifests: Vec<Descriptor>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
-    #[serde(default)]
-    pub media_type: Option<String>,
     pub config: Descriptor,
     pub layers: Vec<Descriptor>,
 }
@@ -66,8 +60,6 @@ pub struct Config {
     pub architecture: Option<String>,
     #[serde(default)]
     pub os: Option<String>,
-    #[serde(default)]
-    pub variant: Option<String>,
     pub rootfs: RootFs,
 }
 
@@ -122,9 +114,11 @@ impl PlatformSpec {
             [os, arch] if !os.is_empty() && !arch.is_empty() => {
                 Ok(Self { os: os.to_string(), arch: arch.to_string(), variant: None })
             }
-            [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => {
-                Ok(Self { os: os.to_string(), arch: arch.to_string(), variant: Some(v.to_string()) })
-            }
+            [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => Ok(Self {
+                os: os.to_string(),
+                arch: arch.to_string(),
+                variant: Some(v.to_string()),
+            }),
             _ => Err(format!("--platform {s:?} is not os/arch[/variant]")),
         }
     }
@@ -168,9 +162,18 @@ mod tests {
 
     #[test]
     fn media_types() {
-        assert_eq!(layer_compression("application/vnd.oci.image.layer.v1.tar+zstd"), Some(Compression::Zstd));
-        assert_eq!(layer_compression("application/vnd.docker.image.rootfs.diff.tar.gzip"), Some(Compression::Gzip));
-        assert_eq!(layer_compression("application/vnd.oci.image.layer.v1.tar"), Some(Compression::None));
+        assert_eq!(
+            layer_compression("application/vnd.oci.image.layer.v1.tar+zstd"),
+            Some(Compression::Zstd)
+        );
+        assert_eq!(
+            layer_compression("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+            Some(Compression::Gzip)
+        );
+        assert_eq!(
+            layer_compression("application/vnd.oci.image.layer.v1.tar"),
+            Some(Compression::None)
+        );
         assert_eq!(layer_compression("application/vnd.oci.image.config.v1+json"), None);
         assert_eq!(layer_compression("application/x-tar+bzip2"), None);
     }

@@ -85,7 +85,11 @@ pub struct Applier<'w> {
 }
 
 impl<'w> Applier<'w> {
-    pub fn new(target: &Path, limits: Limits, warn: &'w mut dyn FnMut(String)) -> Result<Self, ApplyError> {
+    pub fn new(
+        target: &Path,
+        limits: Limits,
+        warn: &'w mut dyn FnMut(String),
+    ) -> Result<Self, ApplyError> {
         let root = Root::open(target).map_err(sys("/", "opening the image root"))?;
         Ok(Self {
             root,
@@ -96,10 +100,6 @@ impl<'w> Applier<'w> {
             buf: vec![0; 256 * 1024],
             warn,
         })
-    }
-
-    pub fn entries(&self) -> u64 {
-        self.entries
     }
 
     /// Applies one layer's uncompressed tar stream.
@@ -173,7 +173,13 @@ impl<'w> Applier<'w> {
     }
 
     /// Removes `parent/name` (any type) before something else is put there.
-    fn clear(&mut self, parent: &rustix::fd::OwnedFd, name: &OsStr, path: &ImagePath, shown: &str) -> Result<(), ApplyError> {
+    fn clear(
+        &mut self,
+        parent: &rustix::fd::OwnedFd,
+        name: &OsStr,
+        path: &ImagePath,
+        shown: &str,
+    ) -> Result<(), ApplyError> {
         if let Some(st) = lstat_at(parent, name).map_err(sys(shown, "inspecting existing entry"))? {
             if is_dir(&st) {
                 self.forget_dir_times(path);
@@ -190,7 +196,10 @@ impl<'w> Applier<'w> {
             return Ok(());
         }
         let Some((dir, name)) = target.split() else {
-            return Err(ApplyError::Refused { path: shown.into(), why: "a whiteout of the root".into() });
+            return Err(ApplyError::Refused {
+                path: shown.into(),
+                why: "a whiteout of the root".into(),
+            });
         };
         let dirfd = match self.root.dir(&dir) {
             Ok(fd) => fd,
@@ -217,13 +226,19 @@ impl<'w> Applier<'w> {
     }
 
     /// Removes everything under `dir` that the current layer did not write.
-    fn prune_lower(&mut self, fd: &rustix::fd::OwnedFd, dir: &ImagePath, shown: &str) -> Result<(), ApplyError> {
+    fn prune_lower(
+        &mut self,
+        fd: &rustix::fd::OwnedFd,
+        dir: &ImagePath,
+        shown: &str,
+    ) -> Result<(), ApplyError> {
         for child in root::children(fd).map_err(sys(shown, "listing opaque directory"))? {
             let path = dir.join(&child);
             if self.layer_paths.contains(&path) {
                 let st = lstat_at(fd, &child).map_err(sys(shown, "inspecting entry"))?;
                 if st.is_some_and(|st| is_dir(&st)) {
-                    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                    let flags =
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                     let sub = rustix::fs::openat(fd, &child, flags, Mode::empty())
                         .map_err(sys(shown, "opening directory"))?;
                     self.prune_lower(&sub, &path, shown)?;
@@ -239,7 +254,12 @@ impl<'w> Applier<'w> {
         Ok(())
     }
 
-    fn create<R: Read>(&mut self, path: &ImagePath, shown: &str, entry: &mut tar::Entry<'_, R>) -> Result<(), ApplyError> {
+    fn create<R: Read>(
+        &mut self,
+        path: &ImagePath,
+        shown: &str,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<(), ApplyError> {
         let pax = match entry.pax_extensions().map_err(ApplyError::Tar)? {
             Some(exts) => {
                 let mut recs = Vec::new();
@@ -262,7 +282,9 @@ impl<'w> Applier<'w> {
         meta.xattrs.retain(|(name, _)| {
             let keep = !name.starts_with("trusted.");
             if !keep {
-                (self.warn)(format!("{shown}: dropped xattr {name} (trusted.* is not carried into images)"));
+                (self.warn)(format!(
+                    "{shown}: dropped xattr {name} (trusted.* is not carried into images)"
+                ));
             }
             keep
         });
@@ -272,21 +294,31 @@ impl<'w> Applier<'w> {
         let kind = header.entry_type();
         if path.is_root() {
             if kind != T::Directory {
-                return Err(ApplyError::Refused { path: shown.into(), why: "a non-directory at the image root".into() });
+                return Err(ApplyError::Refused {
+                    path: shown.into(),
+                    why: "a non-directory at the image root".into(),
+                });
             }
-            let fd = self.root.resolve(path, OFlags::RDONLY | OFlags::DIRECTORY).map_err(sys(shown, "opening root"))?;
+            let fd = self
+                .root
+                .resolve(path, OFlags::RDONLY | OFlags::DIRECTORY)
+                .map_err(sys(shown, "opening root"))?;
             write::set_meta_fd(&fd, &meta, shown)?;
             self.dir_times.insert(path.clone(), meta.mtime);
             return Ok(());
         }
         let Some((parent_path, name)) = path.split() else { return Ok(()) };
         let parent = self.root.ensure_dir(&parent_path).map_err(|e| match e {
-            Errno::NOTDIR => ApplyError::Refused { path: shown.into(), why: "an entry whose parent is not a directory".into() },
+            Errno::NOTDIR => ApplyError::Refused {
+                path: shown.into(),
+                why: "an entry whose parent is not a directory".into(),
+            },
             e => sys(shown, "creating parent directories")(e),
         })?;
         match kind {
             T::Directory => {
-                let existing = lstat_at(&*parent, name).map_err(sys(shown, "inspecting existing entry"))?;
+                let existing =
+                    lstat_at(&*parent, name).map_err(sys(shown, "inspecting existing entry"))?;
                 if !existing.is_some_and(|st| is_dir(&st)) {
                     self.clear(&parent, name, path, shown)?;
                     rustix::fs::mkdirat(&*parent, name, Mode::from_raw_mode(0o700))
@@ -323,15 +355,23 @@ impl<'w> Applier<'w> {
             T::Char | T::Block | T::Fifo => {
                 let (ftype, dev) = match kind {
                     T::Char | T::Block => {
-                        let major = header.device_major().ok().flatten().ok_or_else(|| ApplyError::Refused {
-                            path: shown.into(),
-                            why: "a device without a major number".into(),
+                        let major = header.device_major().ok().flatten().ok_or_else(|| {
+                            ApplyError::Refused {
+                                path: shown.into(),
+                                why: "a device without a major number".into(),
+                            }
                         })?;
-                        let minor = header.device_minor().ok().flatten().ok_or_else(|| ApplyError::Refused {
-                            path: shown.into(),
-                            why: "a device without a minor number".into(),
+                        let minor = header.device_minor().ok().flatten().ok_or_else(|| {
+                            ApplyError::Refused {
+                                path: shown.into(),
+                                why: "a device without a minor number".into(),
+                            }
                         })?;
-                        let ft = if kind == T::Char { rustix::fs::FileType::CharacterDevice } else { rustix::fs::FileType::BlockDevice };
+                        let ft = if kind == T::Char {
+                            rustix::fs::FileType::CharacterDevice
+                        } else {
+                            rustix::fs::FileType::BlockDevice
+                        };
                         (ft, rustix::fs::makedev(major, minor))
                     }
                     _ => (rustix::fs::FileType::Fifo, 0),
@@ -365,25 +405,35 @@ impl<'w> Applier<'w> {
             why: "a hardlink without a target".into(),
         })?;
         let tshown = String::from_utf8_lossy(&raw).into_owned();
-        let target = normalize(&raw, self.limits.max_path_len as usize).map_err(|e| ApplyError::Refused {
-            path: shown.into(),
-            why: format!("hardlink target {tshown:?}: {e}"),
+        let target = normalize(&raw, self.limits.max_path_len as usize).map_err(|e| {
+            ApplyError::Refused {
+                path: shown.into(),
+                why: format!("hardlink target {tshown:?}: {e}"),
+            }
         })?;
         let missing = || ApplyError::Refused {
             path: shown.into(),
             why: format!("a hardlink to {tshown:?}, which does not exist in the image"),
         };
         let Some((tdir, tname)) = target.split() else {
-            return Err(ApplyError::Refused { path: shown.into(), why: "a hardlink to the image root".into() });
+            return Err(ApplyError::Refused {
+                path: shown.into(),
+                why: "a hardlink to the image root".into(),
+            });
         };
         let tparent = match self.root.dir(&tdir) {
             Ok(fd) => fd,
             Err(Errno::NOENT | Errno::NOTDIR) => return Err(missing()),
             Err(e) => return Err(sys(shown, "resolving hardlink target")(e)),
         };
-        let tst = lstat_at(&*tparent, tname).map_err(sys(shown, "inspecting hardlink target"))?.ok_or_else(missing)?;
+        let tst = lstat_at(&*tparent, tname)
+            .map_err(sys(shown, "inspecting hardlink target"))?
+            .ok_or_else(missing)?;
         if is_dir(&tst) {
-            return Err(ApplyError::Refused { path: shown.into(), why: format!("a hardlink to directory {tshown:?}") });
+            return Err(ApplyError::Refused {
+                path: shown.into(),
+                why: format!("a hardlink to directory {tshown:?}"),
+            });
         }
         if let Some(st) = lstat_at(parent, name).map_err(sys(shown, "inspecting existing entry"))? {
             if st.st_ino == tst.st_ino && st.st_dev == tst.st_dev {

@@ -33,14 +33,11 @@ pub enum NameError {
 pub struct ImagePath(PathBuf);
 
 impl ImagePath {
-    pub fn root() -> Self {
-        Self(PathBuf::new())
-    }
-
     pub fn is_root(&self) -> bool {
         self.0.as_os_str().is_empty()
     }
 
+    #[cfg(test)]
     pub fn as_path(&self) -> &Path {
         &self.0
     }

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::rc::Rc;
 
 use rustix::fs::{
-    mkdirat, openat, openat2, statat, unlinkat, AtFlags, Dir, FileType, Mode, OFlags,
-    ResolveFlags, Stat,
+    mkdirat, openat, openat2, statat, unlinkat, AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags,
+    Stat,
 };
 use rustix::io::Errno;
 

@@ -198,7 +198,8 @@ mod tests {
         let mut data = vec![0u8; 1 << 20];
         data[100] = 7;
         data.extend(vec![0u8; 1 << 20]); // trailing hole
-        let f = File::options().create(true).truncate(true).read(true).write(true).open(&dir).unwrap();
+        let f =
+            File::options().create(true).truncate(true).read(true).write(true).open(&dir).unwrap();
         let mut buf = vec![0u8; 64 * 1024];
         let n = copy_sparse(&mut data.as_slice(), &f, &mut buf).unwrap();
         assert_eq!(n, data.len() as u64);

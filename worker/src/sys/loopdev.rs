@@ -54,7 +54,11 @@ impl LoopDevice {
             // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
             let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
             if n < 0 {
-                return Err(SysError::new("LOOP_CTL_GET_FREE on", &ctl_path, std::io::Error::last_os_error()));
+                return Err(SysError::new(
+                    "LOOP_CTL_GET_FREE on",
+                    &ctl_path,
+                    std::io::Error::last_os_error(),
+                ));
             }
             let n = n as u32;
             let path = dev_dir.join(format!("loop{n}"));
@@ -98,7 +102,9 @@ impl LoopDevice {
             };
             // SAFETY: `cfg` is a properly initialised `struct loop_config` that outlives the
             // call; the kernel only reads it.
-            let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &mut cfg as *mut LoopConfig) };
+            let r = unsafe {
+                libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &mut cfg as *mut LoopConfig)
+            };
             if r == 0 {
                 return Ok(Self { dev, path });
             }
@@ -108,7 +114,13 @@ impl LoopDevice {
             }
             last = Some(SysError::new("LOOP_CONFIGURE on", &path, err));
         }
-        Err(last.unwrap_or_else(|| SysError::new("finding a free loop device in", dev_dir, std::io::Error::other("none free"))))
+        Err(last.unwrap_or_else(|| {
+            SysError::new(
+                "finding a free loop device in",
+                dev_dir,
+                std::io::Error::other("none free"),
+            )
+        }))
     }
 
     pub fn path(&self) -> &Path {

@@ -18,7 +18,11 @@ pub struct SysError {
 }
 
 impl SysError {
-    pub fn new(op: &'static str, path: impl Into<PathBuf>, source: impl Into<std::io::Error>) -> Self {
+    pub fn new(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        source: impl Into<std::io::Error>,
+    ) -> Self {
         Self { op, path: path.into(), source: source.into() }
     }
 }
