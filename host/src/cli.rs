@@ -72,6 +72,12 @@ pub struct PullArgs {
     /// Filesystem label.
     #[arg(long, default_value = "rootfs")]
     pub label: String,
+    /// Do not inject the default guest assets (see assets/README.md).
+    #[arg(long)]
+    pub no_default_assets: bool,
+    /// Inject this directory tree into the image (modes kept, owned by root).
+    #[arg(long, value_name = "DIR")]
+    pub inject: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

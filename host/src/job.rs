@@ -12,7 +12,7 @@ use rootbox_proto::{
 
 use crate::layer::{self, ShipError, Verified};
 use crate::sandbox::Running;
-use crate::source::Image;
+use crate::source::Layer;
 
 /// A failed job.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +54,7 @@ pub struct Outcome {
 
 pub fn run(
     worker: &mut dyn Running,
-    image: &Image,
+    layers: &[Layer],
     verified: &[Verified],
     spec: JobSpec,
     on_event: &mut dyn FnMut(Event),
@@ -118,7 +118,7 @@ pub fn run(
     };
 
     let mut ship_err = None;
-    for (i, (l, v)) in image.layers.iter().zip(verified).enumerate() {
+    for (i, (l, v)) in layers.iter().zip(verified).enumerate() {
         pump(&mut early, &mut warnings, on_event, None);
         if early.is_some() {
             break;

@@ -6,6 +6,7 @@ mod cli;
 mod digest;
 mod doctor;
 mod exit;
+mod inject;
 mod job;
 mod layer;
 mod output;

@@ -8,6 +8,7 @@ use rootbox_proto::{JobSpec, LayerSpec, Limits, SizePolicy};
 
 use crate::cli::{Isolation, PullArgs};
 use crate::digest::Digest;
+use crate::inject;
 use crate::job::{self, Event};
 use crate::layer::{self, Verified};
 use crate::output::{self, Output};
@@ -60,8 +61,16 @@ pub fn run(args: &PullArgs) -> Result<Report> {
         say(format!("verifying layer {} of {} ({})", i + 1, image.layers.len(), l.digest.short()));
         verified.push(layer::verify(l, &lwhat, &mut budget, args.max_uncompressed)?);
     }
-    let verify_ms = t.elapsed().as_millis() as u64;
     let uncompressed: u64 = verified.iter().map(|v| v.uncompressed).sum();
+    let mut layers = image.layers.clone();
+    let injection = inject::layer(!args.no_default_assets, args.inject.as_deref())?;
+    if let Some(l) = &injection {
+        let mut unbounded = u64::MAX;
+        let v = layer::verify(l, "injected files", &mut unbounded, u64::MAX)?;
+        layers.push(l.clone());
+        verified.push(v);
+    }
+    let verify_ms = t.elapsed().as_millis() as u64;
 
     let exact = match args.size {
         SizeArg::Auto => None,
@@ -88,14 +97,16 @@ pub fn run(args: &PullArgs) -> Result<Report> {
         },
         label: Some(args.label.clone()),
         content_hint: uncompressed,
+        inject: injection.is_some(),
     };
     let n = image.layers.len();
     let mut on_event = |e: Event| match e {
+        Event::Phase(rootbox_proto::Phase::Inject, _) => say("injecting files".into()),
         Event::Phase(p, Some(l)) => say(format!("{p} layer {} of {n}", l + 1)),
         Event::Phase(p, None) => say(p.to_string()),
         Event::Shipped(i) => say(format!("shipped layer {} of {n}", i + 1)),
     };
-    let outcome = job::run(&mut worker, &image, &verified, spec, &mut on_event);
+    let outcome = job::run(&mut worker, &layers, &verified, spec, &mut on_event);
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
@@ -125,9 +136,15 @@ pub fn run(args: &PullArgs) -> Result<Report> {
         source: what.clone(),
         source_digest: image.digest.clone(),
         layers: image.layers.iter().map(|l| l.digest.clone()).collect(),
-        diff_ids: verified.iter().map(|v| v.diff_id.clone()).collect::<Vec<Digest>>(),
+        diff_ids: verified
+            .iter()
+            .take(image.layers.len())
+            .map(|v| v.diff_id.clone())
+            .collect::<Vec<Digest>>(),
         uncompressed_bytes: uncompressed,
         isolation: isolation.into(),
+        injected: injection.is_some(),
+        os_release: outcome.result.os_release.clone(),
         warnings: outcome.warnings,
         timings_ms: crate::report::Timings {
             verify: verify_ms,

@@ -33,6 +33,10 @@ pub struct Report {
     pub diff_ids: Vec<Digest>,
     pub uncompressed_bytes: u64,
     pub isolation: String,
+    /// Whether guest assets / `--inject` files were written.
+    pub injected: bool,
+    /// The image's os-release fields (ID, VERSION_ID, PRETTY_NAME...), as the worker read them.
+    pub os_release: BTreeMap<String, String>,
     pub warnings: Vec<String>,
     pub timings_ms: Timings,
 }

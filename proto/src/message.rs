@@ -74,6 +74,10 @@ pub struct JobSpec {
     /// Total uncompressed layer bytes, when the host knows it; sizes the journal.
     #[serde(default)]
     pub content_hint: u64,
+    /// One more layer follows the image's: files to inject (guest agent, assets), applied
+    /// owned by root, never through a symlink, never replacing a directory.
+    #[serde(default)]
+    pub inject: bool,
 }
 
 /// Worker phases, reported as progress and timed in the result.
@@ -82,6 +86,7 @@ pub struct JobSpec {
 pub enum Phase {
     Mkfs,
     Apply,
+    Inject,
     Fsck,
     Shrink,
 }
@@ -91,6 +96,7 @@ impl fmt::Display for Phase {
         f.write_str(match self {
             Self::Mkfs => "mkfs",
             Self::Apply => "apply",
+            Self::Inject => "inject",
             Self::Fsck => "fsck",
             Self::Shrink => "shrink",
         })
@@ -113,6 +119,9 @@ pub struct JobResult {
     /// Milliseconds spent per phase.
     #[serde(default)]
     pub phase_ms: Vec<(Phase, u64)>,
+    /// `ID`, `VERSION_ID`, `PRETTY_NAME`... from the image's os-release, when it has one.
+    #[serde(default)]
+    pub os_release: std::collections::BTreeMap<String, String>,
 }
 
 /// A failure inside the worker, structured so the host prints one actionable sentence.

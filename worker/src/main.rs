@@ -9,6 +9,7 @@ mod ext4;
 mod session;
 mod stream;
 mod sys;
+mod vm;
 
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -21,6 +22,10 @@ const USAGE: &str = "usage: rootbox-worker container-init --root DIR -- SESSION-
 (started by rootbox; not meant to be run by hand)";
 
 fn main() {
+    // The initramfs starts the worker as `/init`, PID 1 of the microVM.
+    if vm::is_init(&std::env::args().next().unwrap_or_default()) {
+        vm::main();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.first().map(String::as_str) {
         Some("container-init") => container_init(&args[1..]),

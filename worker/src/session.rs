@@ -158,7 +158,7 @@ impl Session {
         lap(Phase::Mkfs, &mut t);
 
         self.progress(Phase::Apply)?;
-        let entries = self.apply_in_child(job)?;
+        let applied = self.apply_in_child(job)?;
         lap(Phase::Apply, &mut t);
 
         mount.unmount().map_err(|e| Some(Failure::new("unmounting the filesystem", &e)))?;
@@ -183,20 +183,21 @@ impl Session {
             size_bytes: usage.size_bytes,
             used_bytes: usage.used_bytes,
             inodes: usage.inodes_used,
-            entries,
+            entries: applied.entries,
             warnings,
+            os_release: applied.os_release,
             phase_ms,
         })
     }
 
     /// Applies every layer in a forked child holding fewer capabilities and bounded memory.
-    fn apply_in_child(&mut self, job: &JobSpec) -> Result<u64, Option<Failure>> {
+    fn apply_in_child(&mut self, job: &JobSpec) -> Result<Applied, Option<Failure>> {
         let entries_pipe = std::os::unix::net::UnixDatagram::pair()
             .map_err(|e| Some(Failure::new("creating a pipe", &e)))?;
         let (tx, rx) = entries_pipe;
         let pid = sys::process::fork_run(|| match applier_main(&mut self.rd, &mut self.wr, job) {
-            Ok(entries) => {
-                let _ = tx.send(&entries.to_le_bytes());
+            Ok(applied) => {
+                let _ = tx.send(&serde_json::to_vec(&applied).unwrap_or_default());
                 0
             }
             Err(f) => {
@@ -214,9 +215,9 @@ impl Session {
         };
         match status {
             Ok(WaitStatus::Exited(_, 0)) => {
-                let mut b = [0u8; 8];
+                let mut b = vec![0u8; 64 * 1024];
                 let n = rx.recv(&mut b).unwrap_or(0);
-                Ok(if n == 8 { u64::from_le_bytes(b) } else { 0 })
+                Ok(serde_json::from_slice(&b[..n]).unwrap_or_default())
             }
             Ok(WaitStatus::Exited(_, REPORTED)) => Err(None),
             Ok(WaitStatus::Signaled(_, sig, _)) => Err(Some(Failure(RemoteError {
@@ -238,12 +239,19 @@ impl Session {
     }
 }
 
+/// What the applier child tells its parent.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Applied {
+    entries: u64,
+    os_release: std::collections::BTreeMap<String, String>,
+}
+
 /// The applier: reads `LayerBegin`/data/`LayerEnd` until `Finish`. Runs in the child.
 fn applier_main(
     rd: &mut Reader<Transport>,
     wr: &mut Writer<Transport>,
     job: &JobSpec,
-) -> Result<u64, Failure> {
+) -> Result<Applied, Failure> {
     sys::caps::restrict_to(sys::caps::APPLIER)
         .map_err(|e| Failure::new("dropping capabilities", &e))?;
     sys::caps::no_new_privs().map_err(|e| Failure::new("setting no_new_privs", &e))?;
@@ -260,8 +268,24 @@ fn applier_main(
         match rd.read_control() {
             Ok(Control::LayerBegin { index }) => {
                 let i = index as usize;
-                let digest = job.layers.get(i).map(|l| l.digest.clone());
-                let _ = wr.send(&Control::Progress { phase: Phase::Apply, layer: Some(index) });
+                let injecting = i == total && job.inject;
+                if i > total || (i == total && !job.inject) {
+                    return Err(Failure::new(
+                        "applying layers",
+                        &ProtoError::Unexpected {
+                            expected: "a layer of the job",
+                            got: format!("layer index {index}"),
+                        },
+                    ));
+                }
+                let digest = if injecting {
+                    applier.begin_injection();
+                    None
+                } else {
+                    job.layers.get(i).map(|l| l.digest.clone())
+                };
+                let phase = if injecting { Phase::Inject } else { Phase::Apply };
+                let _ = wr.send(&Control::Progress { phase, layer: Some(index) });
                 let mut stream =
                     LayerStream::new(rd, index, &mut budget, job.limits.max_total_bytes);
                 let res = applier
@@ -293,6 +317,7 @@ fn applier_main(
             Err(e) => return Err(Failure::new("reading from the host", &e)),
         }
     }
+    let os_release = applier.os_release();
     let entries = applier.finish().map_err(|e| Failure::new("setting directory times", &e))?;
     const SHOWN: usize = 100;
     let n = warnings.len();
@@ -303,7 +328,7 @@ fn applier_main(
         let _ =
             wr.send(&Control::Warning { message: format!("... and {} more warnings", n - SHOWN) });
     }
-    Ok(entries)
+    Ok(Applied { entries, os_release })
 }
 
 enum LayerFailure {
@@ -312,7 +337,11 @@ enum LayerFailure {
 }
 
 fn layer_failure(e: LayerFailure, i: usize, total: usize, digest: Option<String>) -> Failure {
-    let operation = format!("applying layer {} of {}", i + 1, total);
+    let operation = if i == total {
+        "injecting files".to_string()
+    } else {
+        format!("applying layer {} of {}", i + 1, total)
+    };
     let (path, causes) = match &e {
         LayerFailure::Apply(a) => {
             // A stream error (limit, abort, digest) surfaced through the tar reader: report it
@@ -322,7 +351,14 @@ fn layer_failure(e: LayerFailure, i: usize, total: usize, digest: Option<String>
                     return stream_failure(operation, digest, s);
                 }
             }
-            (a.path().map(str::to_string), chain(a))
+            let mut causes = chain(a);
+            if let (Some(p), Some(first)) = (a.path(), causes.first_mut()) {
+                // The path is reported in its own field; don't repeat it in the sentence.
+                if let Some(rest) = first.strip_prefix(&format!("{p}: ")) {
+                    *first = rest.to_string();
+                }
+            }
+            (a.path().map(str::to_string), causes)
         }
         LayerFailure::Stream(io) => {
             if let Some(s) = stream_cause(io) {

@@ -81,6 +81,8 @@ pub struct Applier<'w> {
     /// Directory times, applied after every layer so later writes do not disturb them.
     dir_times: BTreeMap<ImagePath, Time>,
     buf: Vec<u8>,
+    /// Applying injected files: root-owned, never through a symlink, never over a directory.
+    inject: bool,
     warn: &'w mut dyn FnMut(String),
 }
 
@@ -98,6 +100,7 @@ impl<'w> Applier<'w> {
             layer_paths: HashSet::new(),
             dir_times: BTreeMap::new(),
             buf: vec![0; 256 * 1024],
+            inject: false,
             warn,
         })
     }
@@ -115,6 +118,28 @@ impl<'w> Applier<'w> {
             self.apply_entry(&mut entry)?;
         }
         Ok(())
+    }
+
+    /// `KEY=VALUE` pairs of the image's os-release (`/etc/os-release`, else
+    /// `/usr/lib/os-release`), at most 16 KiB read; empty when there is none.
+    pub fn os_release(&self) -> std::collections::BTreeMap<String, String> {
+        use std::io::Read as _;
+        for p in ["etc/os-release", "usr/lib/os-release"] {
+            let Ok(path) = normalize(p.as_bytes(), 64) else { continue };
+            let Ok(fd) = self.root.open_regular(&path) else { continue };
+            let mut text = String::new();
+            if std::fs::File::from(fd).take(16 * 1024).read_to_string(&mut text).is_err() {
+                continue;
+            }
+            return parse_os_release(&text);
+        }
+        Default::default()
+    }
+
+    /// Switches to injection rules for the layers that follow.
+    pub fn begin_injection(&mut self) {
+        self.inject = true;
+        self.root.forbid_symlinks();
     }
 
     /// Sets every directory's recorded time; call once after the last layer.
@@ -139,7 +164,14 @@ impl<'w> Applier<'w> {
         let max = self.limits.max_path_len as usize;
         let named = |source| ApplyError::Name { path: shown.clone(), source };
         let path = normalize(&raw, max).map_err(named)?;
-        match classify(path).map_err(named)? {
+        let meaning = classify(path).map_err(named)?;
+        if self.inject && !matches!(meaning, Meaning::Entry(_)) {
+            return Err(ApplyError::Refused {
+                path: shown,
+                why: "a whiteout among injected files".into(),
+            });
+        }
+        match meaning {
             Meaning::Whiteout(p) => self.whiteout(&p, &shown),
             Meaning::Opaque(dir) => self.opaque(&dir, &shown),
             Meaning::IgnoredMeta(p) => {
@@ -279,6 +311,10 @@ impl<'w> Applier<'w> {
         let header = entry.header().clone();
         let mut meta = read_meta(&header, pax)
             .map_err(|source| ApplyError::Meta { path: shown.into(), source })?;
+        if self.inject {
+            meta.uid = 0;
+            meta.gid = 0;
+        }
         meta.xattrs.retain(|(name, _)| {
             let keep = !name.starts_with("trusted.");
             if !keep {
@@ -313,12 +349,41 @@ impl<'w> Applier<'w> {
                 path: shown.into(),
                 why: "an entry whose parent is not a directory".into(),
             },
+            Errno::LOOP | Errno::XDEV if self.inject => ApplyError::Refused {
+                path: shown.into(),
+                why: "to inject through a symlink the image has on this path".into(),
+            },
             e => sys(shown, "creating parent directories")(e),
         })?;
+        if self.inject
+            && kind != T::Directory
+            && lstat_at(&*parent, name)
+                .map_err(sys(shown, "inspecting existing entry"))?
+                .is_some_and(|st| is_dir(&st))
+        {
+            return Err(ApplyError::Refused {
+                path: shown.into(),
+                why: "to inject a file where the image has a directory".into(),
+            });
+        }
         match kind {
             T::Directory => {
                 let existing =
                     lstat_at(&*parent, name).map_err(sys(shown, "inspecting existing entry"))?;
+                if self.inject {
+                    match existing {
+                        // The image's own directory stays exactly as it was.
+                        Some(st) if is_dir(&st) => return Ok(()),
+                        Some(_) => {
+                            return Err(ApplyError::Refused {
+                                path: shown.into(),
+                                why: "to inject a directory where the image has a non-directory"
+                                    .into(),
+                            })
+                        }
+                        None => {}
+                    }
+                }
                 if !existing.is_some_and(|st| is_dir(&st)) {
                     self.clear(&parent, name, path, shown)?;
                     rustix::fs::mkdirat(&*parent, name, Mode::from_raw_mode(0o700))
@@ -444,6 +509,24 @@ impl<'w> Applier<'w> {
         rustix::fs::linkat(&*tparent, tname, parent, name, rustix::fs::AtFlags::empty())
             .map_err(sys(shown, "creating hardlink"))
     }
+}
+
+/// Parses os-release: `KEY=value`, `KEY="quoted value"`; comments and junk ignored.
+pub fn parse_os_release(text: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let Some((k, v)) = line.trim().split_once('=') else { continue };
+        if k.is_empty()
+            || !k.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        {
+            continue;
+        }
+        let v = v.trim();
+        let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+        let v = v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')).unwrap_or(v);
+        out.insert(k.to_string(), v.chars().take(256).collect());
+    }
+    out
 }
 
 pub(crate) fn timestamps(t: Time) -> Timestamps {

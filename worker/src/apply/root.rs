@@ -25,6 +25,7 @@ const CACHE_MAX: usize = 64;
 pub struct Root {
     fd: OwnedFd,
     cache: HashMap<ImagePath, Rc<OwnedFd>>,
+    resolve: ResolveFlags,
 }
 
 impl Root {
@@ -35,7 +36,14 @@ impl Root {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(Self { fd, cache: HashMap::new() })
+        Ok(Self { fd, cache: HashMap::new(), resolve: RESOLVE })
+    }
+
+    /// From now on refuse any symlink met while resolving (injection: an asset is never
+    /// written through a link the image put in its way).
+    pub fn forbid_symlinks(&mut self) {
+        self.resolve = RESOLVE | ResolveFlags::NO_SYMLINKS;
+        self.cache.clear();
     }
 
     /// Forget cached directory handles: after anything that can change how a path resolves
@@ -63,11 +71,23 @@ impl Root {
         // EAGAIN: the kernel saw a concurrent rename; nothing else writes here, so retry.
         let mut tries = 0;
         loop {
-            match openat2(&self.fd, path.for_open(), how, Mode::empty(), RESOLVE) {
+            match openat2(&self.fd, path.for_open(), how, Mode::empty(), self.resolve) {
                 Err(Errno::AGAIN) if tries < 8 => tries += 1,
                 other => return other,
             }
         }
+    }
+
+    /// Opens a regular file for reading, following symlinks inside the root whatever the
+    /// current rules. Non-blocking, so a fifo the image put there cannot stall us.
+    pub fn open_regular(&self, path: &ImagePath) -> Result<OwnedFd, Errno> {
+        let how = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = openat2(&self.fd, path.for_open(), how, Mode::empty(), RESOLVE)?;
+        let st = rustix::fs::fstat(&fd)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(Errno::INVAL);
+        }
+        Ok(fd)
     }
 
     /// Opens the directory at `path`, creating missing directories (0755, root) on the way.

@@ -1,9 +1,10 @@
 //! Every raw syscall the worker makes that the safe crates do not wrap: loop-device ioctls,
-//! fork, resource limits, capabilities, power-off. All `unsafe` of the worker lives here.
+//! fork, resource limits, capabilities, power-off, vsock. All `unsafe` of the worker lives here.
 
 pub mod caps;
 pub mod loopdev;
 pub mod process;
+pub mod vsock;
 
 use std::path::PathBuf;
 
