@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Build an ext4 root filesystem from an image.
     Pull(PullArgs),
+    /// Build an ext4 root filesystem and pack it with a manifest into a tar+zstd bundle.
+    Bundle(BundleArgs),
     /// Report what rootbox found on this machine and which sandboxes can run.
     Doctor(DoctorArgs),
 }
@@ -36,7 +38,7 @@ pub enum Isolation {
     Vm,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct PullArgs {
     /// oci:DIR[:TAG], docker-archive:FILE or rootfs-tar:FILE (rootfs-tar:- reads stdin)
     pub source: String,
@@ -78,6 +80,30 @@ pub struct PullArgs {
     /// Inject this directory tree into the image (modes kept, owned by root).
     #[arg(long, value_name = "DIR")]
     pub inject: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BundleArgs {
+    /// The same options as `pull`; `-o` names the bundle (OUT.tar.zst).
+    #[command(flatten)]
+    pub build: PullArgs,
+    /// Catalog name (default: derived from the reference, e.g. debian-bookworm).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Distribution (default: ID-VERSION_ID from the image's os-release).
+    #[arg(long)]
+    pub distro: Option<String>,
+    /// Architecture (default: the --platform architecture).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// The kernel this rootfs is meant to boot with, recorded in the manifest.
+    #[arg(long)]
+    pub kernel_ref: Option<String>,
+    #[arg(long)]
+    pub description: Option<String>,
+    /// zstd compression level (1-22).
+    #[arg(long, default_value_t = crate::bundle::ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
+    pub zstd_level: i32,
 }
 
 #[derive(Debug, clap::Args)]

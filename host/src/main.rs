@@ -2,6 +2,7 @@
 //! bytes to the worker inside it and places the finished ext4. It must never interpret layer
 //! content itself: everything that reads tar entries runs in the worker.
 
+mod bundle;
 mod cli;
 mod digest;
 mod doctor;
@@ -34,6 +35,7 @@ fn main() {
     }
     let result = match &cli.command {
         cli::Command::Pull(args) => pull::run(args).and_then(|r| r.print(args.json)),
+        cli::Command::Bundle(args) => bundle::run(args).and_then(|r| r.print(args.build.json)),
         cli::Command::Doctor(args) => doctor::run(args.worker_image.as_deref(), args.json),
     };
     if let Err(e) = result {
