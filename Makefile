@@ -11,9 +11,10 @@ FIXTURES     := $(BUILD)/fixtures
 ROOTBOX      := $(CURDIR)/target/release/rootbox
 WORKER_BIN   := $(CURDIR)/target/$(TARGET)/release/rootbox-worker
 FIXTURE_BIN  := $(CURDIR)/target/release/rootbox-fixture
-APT_PACKAGES := e2fsprogs debootstrap busybox-static zstd tar gzip binutils util-linux ca-certificates
+APT_PACKAGES := e2fsprogs debootstrap busybox-static zstd tar gzip binutils util-linux ca-certificates \
+                qemu-system-x86 cpio docker-registry skopeo apache2-utils
 
-.PHONY: all setup build worker image demo test unit lint fmt bench clean
+.PHONY: all setup build worker image vsock-tool demo test unit lint fmt bench clean
 
 all: build image
 
@@ -35,9 +36,23 @@ build: worker
 worker:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked -p rootbox-worker --target $(TARGET)
 
-## image: the worker image (static worker + e2fsprogs from Debian's packages).
-image: setup worker
+## image: the worker image (static worker + e2fsprogs from Debian's packages), plus what the
+## microVM sandbox boots: the worker kernel (built once from Debian's linux-source, cached)
+## and the same tree packed as an initramfs.
+image: setup worker vsock-tool
 	DEB_CACHE=$(BUILD)/debs images/build-worker-image.sh $(IMAGE_DIR) $(WORKER_BIN)
+	images/kernel/build.sh $(BUILD)/kernel
+	install -m 0644 $(BUILD)/kernel/current/vmlinux $(BUILD)/kernel/current/bzImage $(IMAGE_DIR)/
+	images/build-initramfs.sh $(IMAGE_DIR)/rootfs $(IMAGE_DIR)/initramfs.cpio.gz
+
+## vsock-tool: vhost-device-vsock (crates.io), the vsock backend of the QEMU sandbox when the
+## host has no /dev/vhost-vsock; installed into cargo's bin directory unless it already runs.
+vsock-tool:
+	@if vhost-device-vsock --version >/dev/null 2>&1 || \
+	  "$${CARGO_HOME:-$$HOME/.cargo}/bin/vhost-device-vsock" --version >/dev/null 2>&1; then :; else \
+	  echo "vsock-tool: cargo install --locked vhost-device-vsock"; \
+	  $(CARGO) install --locked vhost-device-vsock --version '~0.3'; \
+	fi
 
 ## demo: build everything, make a two-layer busybox OCI image, pull it into demo.ext4.
 demo: setup build image
@@ -47,7 +62,7 @@ demo: setup build image
 
 ## test: unit tests, then end-to-end and hostile-input tests as root (ROOTBOX_STRICT=1:
 ## a missing capability fails instead of skipping).
-test: setup build image
+test: setup build image vsock-tool
 	tests/fixtures/debian-minbase.sh $(FIXTURES)
 	ROOTBOX_STRICT=1 ROOTBOX_BIN=$(ROOTBOX) ROOTBOX_WORKER_IMAGE=$(IMAGE_DIR) \
 	  $(CARGO) test --release --locked --workspace -- --test-threads=2
@@ -65,3 +80,18 @@ fmt:
 clean:
 	rm -rf $(BUILD) demo.ext4
 	$(CARGO) clean
+
+## bench: rootbox against the predecessor's pipeline, virt-make-fs and this machine's limit
+## (tests/bench/README.md). BENCH_RUNS (5), BENCH_INPUTS (debian,small20k,small200k,large),
+## BENCH_CONTENDERS, BENCH_TCG_RUNS, BENCH_TCG_INPUTS; results under build/bench.
+BENCH_APT := libguestfs-tools isal pigz gnuplot-nox python3 e2fsprogs util-linux tar gzip zstd
+bench: build image
+	@missing=$$(for p in $(BENCH_APT); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "bench: installing $$missing"; \
+	  apt-get update -qq || true; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 $$missing; \
+	fi
+	tests/fixtures/debian-minbase.sh $(FIXTURES)
+	ROOTBOX=$(ROOTBOX) ROOTBOX_WORKER_IMAGE=$(IMAGE_DIR) BENCH_OUT=$(BUILD)/bench \
+	  python3 tests/bench/bench.py

@@ -26,6 +26,31 @@ pub enum Command {
     Bundle(BundleArgs),
     /// Report what rootbox found on this machine and which sandboxes can run.
     Doctor(DoctorArgs),
+    /// List or prune the registry blob cache ($XDG_CACHE_HOME/rootbox/oci).
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List the cached images (reference, platform, digest, size, last use).
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove images (least recently used first) and every blob no remaining image needs.
+    /// Without options only unreferenced blobs and leftovers of interrupted downloads go;
+    /// `--older-than 0s` empties the cache.
+    Prune {
+        /// Remove images last used longer ago than this (30d, 12h, 90m, 3600s, 2w).
+        #[arg(long, value_parser = crate::cache::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// Then remove the least recently used images until the rest fit in SIZE (10GiB).
+        #[arg(long, value_parser = parse_size)]
+        max_size: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -40,7 +65,8 @@ pub enum Isolation {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PullArgs {
-    /// oci:DIR[:TAG], docker-archive:FILE or rootfs-tar:FILE (rootfs-tar:- reads stdin)
+    /// oci:DIR[:TAG], docker-archive:FILE, rootfs-tar:FILE (rootfs-tar:- reads stdin),
+    /// docker://REGISTRY/REPO[:TAG|@DIGEST] or a bare reference (debian:bookworm)
     pub source: String,
     /// Where to write the ext4 image.
     #[arg(short, long)]
@@ -80,6 +106,28 @@ pub struct PullArgs {
     /// Inject this directory tree into the image (modes kept, owned by root).
     #[arg(long, value_name = "DIR")]
     pub inject: Option<PathBuf>,
+    /// Talk plain HTTP to the registry (for a registry on loopback).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Registry credentials (default: $REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json,
+    /// ~/.docker/config.json, else anonymous).
+    #[arg(long, value_name = "USER:PASS", value_parser = crate::source::registry::auth::Creds::parse)]
+    pub creds: Option<crate::source::registry::auth::Creds>,
+    /// Registry pulls: download and verify every layer before the build starts instead of
+    /// streaming layers into it as they arrive (slower, but the scratch file is sized
+    /// exactly: for images whose content is far larger than their compressed size).
+    #[arg(long)]
+    pub fetch_first: bool,
+    /// MicroVM guest memory (fixed: the worker streams, so it need not grow with the image).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub vm_memory: u64,
+    /// Seconds the microVM may take to boot and connect (one more boot if it never started
+    /// the worker).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub boot_timeout: u64,
+    /// Seconds a microVM job may take in all; 0 for no limit.
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    pub job_timeout: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -148,5 +196,37 @@ mod tests {
         ])
         .is_err());
         assert!(Cli::try_parse_from(["rootbox", "pull", "oci:/x"]).is_err(), "-o is required");
+        let c = Cli::try_parse_from([
+            "rootbox",
+            "pull",
+            "docker://127.0.0.1:5000/a:b",
+            "-o",
+            "o",
+            "--plain-http",
+            "--creds",
+            "u:p:q",
+        ])
+        .unwrap();
+        let Command::Pull(p) = c.command else { panic!("not pull") };
+        assert!(p.plain_http);
+        assert_eq!(p.creds.map(|c| c.user), Some("u".to_string()));
+        assert!(
+            Cli::try_parse_from(["rootbox", "pull", "x", "-o", "o", "--creds", "nopass"]).is_err()
+        );
+        let c = Cli::try_parse_from([
+            "rootbox",
+            "cache",
+            "prune",
+            "--older-than",
+            "30d",
+            "--max-size",
+            "10GiB",
+        ])
+        .unwrap();
+        let Command::Cache(CacheCommand::Prune { older_than, max_size, .. }) = c.command else {
+            panic!("not cache prune")
+        };
+        assert_eq!(older_than, Some(std::time::Duration::from_secs(30 * 86_400)));
+        assert_eq!(max_size, Some(10 << 30));
     }
 }

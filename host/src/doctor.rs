@@ -12,6 +12,14 @@ struct SandboxState {
     name: &'static str,
     usable: bool,
     why_not: Option<String>,
+    /// The microVM's VMM and accelerator, when usable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vmm: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accel: Option<&'static str>,
+    /// What was chosen and why (e.g. why KVM is not used).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -35,13 +43,34 @@ pub fn run(flag: Option<&Path>, json: bool) -> anyhow::Result<()> {
         name: "container",
         usable: container_why.is_none(),
         why_not: container_why,
+        vmm: None,
+        accel: None,
+        detail: None,
     });
-    sandboxes.push(SandboxState {
-        name: "vm",
-        usable: false,
-        why_not: Some("the microVM sandbox is not part of this build yet".into()),
+    let vm = match &img {
+        Ok(i) => sandbox::vm::choose(i),
+        Err(e) => Err(e.clone()),
+    };
+    sandboxes.push(match vm {
+        Ok(p) => SandboxState {
+            name: "vm",
+            usable: true,
+            why_not: None,
+            vmm: Some(p.vmm.name()),
+            accel: Some(p.accel.name()),
+            detail: Some(p.describe()),
+        },
+        Err(why) => SandboxState {
+            name: "vm",
+            usable: false,
+            why_not: Some(why),
+            vmm: None,
+            accel: None,
+            detail: None,
+        },
     });
-    let default_isolation = sandboxes.iter().find(|s| s.usable).map(|s| s.name);
+    // `--isolation auto` prefers the microVM.
+    let default_isolation = sandboxes.iter().rev().find(|s| s.usable).map(|s| s.name);
     let d = Doctor {
         version: env!("CARGO_PKG_VERSION"),
         worker_image: img.as_ref().ok().map(|i| i.dir.display().to_string()),
@@ -63,9 +92,10 @@ pub fn run(flag: Option<&Path>, json: bool) -> anyhow::Result<()> {
         (None, None) => {}
     }
     for s in &d.sandboxes {
-        match &s.why_not {
-            None => println!("sandbox {}: usable", s.name),
-            Some(w) => println!("sandbox {}: unavailable: {w}", s.name),
+        match (&s.why_not, &s.detail) {
+            (None, Some(d)) => println!("sandbox {}: usable: {d}", s.name),
+            (None, None) => println!("sandbox {}: usable", s.name),
+            (Some(w), _) => println!("sandbox {}: unavailable: {w}", s.name),
         }
     }
     println!(

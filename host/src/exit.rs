@@ -22,6 +22,7 @@ pub fn classify(e: &anyhow::Error) -> i32 {
         if let Some(j) = cause.downcast_ref::<JobError>() {
             return match j {
                 JobError::Remote(_) => CONTENT,
+                JobError::Source { .. } => SOURCE,
                 JobError::Lost { .. } | JobError::Ship { .. } => OTHER,
             };
         }

@@ -12,7 +12,7 @@ use rootbox_proto::{
 
 use crate::layer::{self, ShipError, Verified};
 use crate::sandbox::Running;
-use crate::source::Layer;
+use crate::source::{Layer, SourceError};
 
 /// A failed job.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,13 @@ pub enum JobError {
         index: usize,
         #[source]
         source: ShipError,
+    },
+    /// A layer still on its way failed to download or verify (exit code 3).
+    #[error("layer {index}")]
+    Source {
+        index: usize,
+        #[source]
+        source: SourceError,
     },
 }
 
@@ -50,12 +57,15 @@ pub enum Event {
 pub struct Outcome {
     pub result: JobResult,
     pub warnings: Vec<String>,
+    /// What was shipped, in order (the image's layers, then the injected files).
+    pub shipped: Vec<Verified>,
 }
 
+/// Runs the job, shipping `layers` in order as they become ready (a registry pull hands them
+/// over while later ones still download). A layer that fails to arrive ends the job.
 pub fn run(
     worker: &mut dyn Running,
-    layers: &[Layer],
-    verified: &[Verified],
+    layers: &mut dyn Iterator<Item = Result<(Layer, Verified), SourceError>>,
     spec: JobSpec,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Outcome, JobError> {
@@ -118,15 +128,29 @@ pub fn run(
     };
 
     let mut ship_err = None;
-    for (i, (l, v)) in layers.iter().zip(verified).enumerate() {
+    let mut shipped = Vec::new();
+    for i in 0.. {
         pump(&mut early, &mut warnings, on_event, None);
         if early.is_some() {
             break;
         }
-        if let Err(e) = layer::ship(l, v, i as u32, &mut wr) {
-            ship_err = Some(JobError::Ship { index: i + 1, source: e });
+        let (l, v) = match layers.next() {
+            None => break,
+            Some(Ok(x)) => x,
+            // The worker waits for bytes that will not come: the caller stops it.
+            Some(Err(source)) => return Err(JobError::Source { index: i + 1, source }),
+        };
+        if let Err(e) = layer::ship(&l, &v, i as u32, &mut wr) {
+            // A failed send means the worker (or its VM) went away: say so, with its output.
+            ship_err = Some(match e {
+                ShipError::Send(p) => {
+                    lost(format!("sending layer {}: {}", i + 1, chain(&p)), worker)
+                }
+                other => JobError::Ship { index: i + 1, source: other },
+            });
             break;
         }
+        shipped.push(v);
         on_event(Event::Shipped(i));
     }
     if early.is_none() && ship_err.is_none() {
@@ -146,7 +170,7 @@ pub fn run(
     match early {
         Some(Ok(Control::Done(mut result))) => {
             warnings.append(&mut result.warnings);
-            Ok(Outcome { result, warnings })
+            Ok(Outcome { result, warnings, shipped })
         }
         Some(Ok(Control::Error(remote))) => Err(JobError::Remote(remote)),
         Some(Ok(other)) => Err(lost(format!("unexpected message {other:?}"), worker)),

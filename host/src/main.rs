@@ -3,6 +3,7 @@
 //! content itself: everything that reads tar entries runs in the worker.
 
 mod bundle;
+mod cache;
 mod cli;
 mod digest;
 mod doctor;
@@ -11,6 +12,8 @@ mod inject;
 mod job;
 mod layer;
 mod output;
+mod pipeline;
+mod progress;
 mod pull;
 mod report;
 mod sandbox;
@@ -37,6 +40,7 @@ fn main() {
         cli::Command::Pull(args) => pull::run(args).and_then(|r| r.print(args.json)),
         cli::Command::Bundle(args) => bundle::run(args).and_then(|r| r.print(args.build.json)),
         cli::Command::Doctor(args) => doctor::run(args.worker_image.as_deref(), args.json),
+        cli::Command::Cache(c) => cache::run(c),
     };
     if let Err(e) = result {
         eprintln!("rootbox: error: {e:#}");

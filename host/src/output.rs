@@ -1,6 +1,6 @@
 //! The output file: built as a temp file beside the destination and renamed into place only on
 //! success. Every failure path removes it: drop on error, and a signal handler on SIGINT,
-//! SIGTERM and SIGHUP that also kills the sandbox's process group.
+//! SIGTERM and SIGHUP that also kills the sandbox's process group and removes its temp dir.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -16,9 +16,11 @@ use crate::digest::Digest;
 struct Pending {
     temp: Option<PathBuf>,
     process_group: Option<i32>,
+    /// A sandbox's private directory (the microVM's sockets).
+    dir: Option<PathBuf>,
 }
 
-static PENDING: Mutex<Pending> = Mutex::new(Pending { temp: None, process_group: None });
+static PENDING: Mutex<Pending> = Mutex::new(Pending { temp: None, process_group: None, dir: None });
 
 /// Installs the handler thread once.
 pub fn install_signal_cleanup() -> io::Result<()> {
@@ -36,6 +38,9 @@ pub fn install_signal_cleanup() -> io::Result<()> {
                 if let Some(t) = &p.temp {
                     let _ = std::fs::remove_file(t);
                 }
+                if let Some(d) = &p.dir {
+                    let _ = std::fs::remove_dir_all(d);
+                }
             }
             eprintln!("rootbox: interrupted by signal {sig}; removed the partial output");
             std::process::exit(128 + sig);
@@ -48,6 +53,13 @@ pub fn install_signal_cleanup() -> io::Result<()> {
 pub fn track_process_group(pg: Option<i32>) {
     if let Ok(mut p) = PENDING.lock() {
         p.process_group = pg;
+    }
+}
+
+/// Registers the sandbox's private directory for the signal handler to remove.
+pub fn track_cleanup_dir(dir: Option<PathBuf>) {
+    if let Ok(mut p) = PENDING.lock() {
+        p.dir = dir;
     }
 }
 

@@ -1,19 +1,20 @@
 //! `rootbox pull`: resolve, verify, start the sandbox, run the job, place the output.
 
-use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use rootbox_proto::{JobSpec, LayerSpec, Limits, SizePolicy};
 
-use crate::cli::{Isolation, PullArgs};
+use crate::cli::PullArgs;
 use crate::digest::Digest;
 use crate::inject;
 use crate::job::{self, Event};
-use crate::layer::{self, Verified};
 use crate::output::{self, Output};
+use crate::pipeline;
+use crate::progress::Progress;
 use crate::report::Report;
-use crate::sandbox::{self, Running, Unavailable};
+use crate::sandbox::{self, Unavailable};
 use crate::size::{human, SizeArg};
 use crate::source;
 use crate::worker_image;
@@ -29,47 +30,32 @@ pub fn scratch_size(uncompressed: u64, exact: Option<u64>) -> u64 {
 
 pub fn run(args: &PullArgs) -> Result<Report> {
     let started = Instant::now();
-    let show = args.progress || (std::io::stderr().is_terminal() && !args.json);
-    let say = |msg: String| {
-        if show {
-            eprintln!("rootbox: {msg}");
-        }
-    };
+    let progress = Progress::new(args.progress, args.json);
+    let say = |msg: String| progress.line(msg);
     let what = &args.source;
-    let src = source::parse(what)?;
+    let remote =
+        source::registry::Options { plain_http: args.plain_http, creds: args.creds.clone() };
+    let src: Arc<dyn source::Source> = source::open(what, &remote, &progress)?.into();
     let image = src.resolve(&args.platform).with_context(|| format!("resolving {what}"))?;
 
-    let isolation = match args.isolation {
-        Isolation::Vm => {
-            return Err(Unavailable(
-                "the microVM sandbox (--isolation vm) is not available in this build yet; use --isolation container (as root)".into(),
-            )
-            .into())
-        }
-        Isolation::Auto | Isolation::Container => "container",
-    };
+    let vm_options =
+        sandbox::vm::Options::from_flags(args.vm_memory, args.boot_timeout, args.job_timeout)
+            .map_err(anyhow::Error::msg)?;
     let wimage = worker_image::locate(args.worker_image.as_deref()).map_err(Unavailable)?;
-    if let Some(why) = sandbox::container::unavailable(&wimage) {
-        return Err(Unavailable(why).into());
-    }
+    let plan = sandbox::choose(args.isolation, &wimage)?;
 
+    // Fetch and verify: all up front for local sources; streamed for registries (see pipeline).
     let t = Instant::now();
-    let mut budget = args.max_uncompressed;
-    let mut verified: Vec<Verified> = Vec::new();
-    for (i, l) in image.layers.iter().enumerate() {
-        let lwhat = format!("{what} layer {} of {} ({})", i + 1, image.layers.len(), l.digest);
-        say(format!("verifying layer {} of {} ({})", i + 1, image.layers.len(), l.digest.short()));
-        verified.push(layer::verify(l, &lwhat, &mut budget, args.max_uncompressed)?);
-    }
-    let uncompressed: u64 = verified.iter().map(|v| v.uncompressed).sum();
-    let mut layers = image.layers.clone();
     let injection = inject::layer(!args.no_default_assets, args.inject.as_deref())?;
-    if let Some(l) = &injection {
-        let mut unbounded = u64::MAX;
-        let v = layer::verify(l, "injected files", &mut unbounded, u64::MAX)?;
-        layers.push(l.clone());
-        verified.push(v);
-    }
+    let injected = injection.is_some();
+    let mut layers = pipeline::Layers::start(
+        src.clone(),
+        &image,
+        injection,
+        args.max_uncompressed,
+        args.fetch_first,
+        &progress,
+    )?;
     let verify_ms = t.elapsed().as_millis() as u64;
 
     let exact = match args.size {
@@ -78,10 +64,10 @@ pub fn run(args: &PullArgs) -> Result<Report> {
     };
     let out = Output::create(&args.output)
         .with_context(|| format!("creating a temp file beside {}", args.output.display()))?;
-    out.set_len(scratch_size(uncompressed, exact)).context("sizing the output file")?;
+    out.set_len(scratch_size(layers.scratch_basis(), exact)).context("sizing the output file")?;
 
     let t = Instant::now();
-    let mut worker = sandbox::container::start(&wimage, out.file())?;
+    let mut worker = sandbox::start(&plan, &wimage, out.file(), &vm_options)?;
     output::track_process_group(worker.process_group());
     let spec = JobSpec {
         image: image.name.clone(),
@@ -96,8 +82,8 @@ pub fn run(args: &PullArgs) -> Result<Report> {
             ..Limits::default()
         },
         label: Some(args.label.clone()),
-        content_hint: uncompressed,
-        inject: injection.is_some(),
+        content_hint: layers.content_hint(),
+        inject: injected,
     };
     let n = image.layers.len();
     let mut on_event = |e: Event| match e {
@@ -106,12 +92,17 @@ pub fn run(args: &PullArgs) -> Result<Report> {
         Event::Phase(p, None) => say(p.to_string()),
         Event::Shipped(i) => say(format!("shipped layer {} of {n}", i + 1)),
     };
-    let outcome = job::run(&mut worker, &layers, &verified, spec, &mut on_event);
+    let outcome = job::run(worker.as_mut(), &mut layers, spec, &mut on_event);
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
+            let reason = worker.stop_reason();
             worker.kill();
             output::track_process_group(None);
+            let e = match reason {
+                Some(r) => anyhow::Error::new(e).context(r),
+                None => e.into(),
+            };
             return Err(e).with_context(|| format!("building {what}"));
         }
     };
@@ -136,19 +127,28 @@ pub fn run(args: &PullArgs) -> Result<Report> {
         source: what.clone(),
         source_digest: image.digest.clone(),
         layers: image.layers.iter().map(|l| l.digest.clone()).collect(),
-        diff_ids: verified
+        diff_ids: outcome
+            .shipped
             .iter()
             .take(image.layers.len())
             .map(|v| v.diff_id.clone())
             .collect::<Vec<Digest>>(),
-        uncompressed_bytes: uncompressed,
-        isolation: isolation.into(),
-        injected: injection.is_some(),
+        uncompressed_bytes: outcome
+            .shipped
+            .iter()
+            .take(image.layers.len())
+            .map(|v| v.uncompressed)
+            .sum(),
+        isolation: plan.isolation().into(),
+        vmm: plan.vmm(),
+        accel: plan.accel(),
+        injected,
         os_release: outcome.result.os_release.clone(),
         warnings: outcome.warnings,
         timings_ms: crate::report::Timings {
             verify: verify_ms,
             sandbox_and_job: job_ms,
+            boot: worker.boot_ms(),
             worker: outcome.result.phase_ms.iter().map(|(p, ms)| (p.to_string(), *ms)).collect(),
             total: started.elapsed().as_millis() as u64,
         },

@@ -14,6 +14,9 @@ pub struct Timings {
     pub verify: u64,
     /// Sandbox start, shipping and the worker's phases, until it exited.
     pub sandbox_and_job: u64,
+    /// MicroVM: from the VMM's start to the worker's connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot: Option<u64>,
     /// The worker's own phases (mkfs, apply, shrink, fsck).
     pub worker: BTreeMap<String, u64>,
     pub total: u64,
@@ -33,6 +36,10 @@ pub struct Report {
     pub diff_ids: Vec<Digest>,
     pub uncompressed_bytes: u64,
     pub isolation: String,
+    /// The microVM's VMM (`qemu`, `firecracker`), null for the container.
+    pub vmm: Option<&'static str>,
+    /// The microVM's accelerator (`kvm`, `tcg`), null for the container.
+    pub accel: Option<&'static str>,
     /// Whether guest assets / `--inject` files were written.
     pub injected: bool,
     /// The image's os-release fields (ID, VERSION_ID, PRETTY_NAME...), as the worker read them.

@@ -14,6 +14,7 @@ pub mod guard;
 pub mod layer;
 pub mod model;
 pub mod oci;
+pub mod registry;
 pub mod run;
 pub mod scene;
 pub mod snapshot;

@@ -370,3 +370,28 @@ fn debian_minbase_rootfs_tar() {
     check_json(&o, &out, JsonWant { layers: None, diff_ids: None, warnings: &[] });
     check_image("Debian minbase via rootfs-tar", &out, &d.expected);
 }
+
+#[test]
+fn usage_errors_exit_2() {
+    let env = require_root!();
+    let tmp = tempdir();
+    let layout = tmp.path().join("oci");
+    tiny_image("x\n").write_oci(&layout, None).expect("write");
+    let source = format!("oci:{}", layout.display());
+    let out_dir = fresh_out(tmp.path(), "out");
+    let out = out_dir.join("out.ext4");
+    let out_s = out.display().to_string();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["pull", &source],
+        vec!["pull", &source, "-o", &out_s, "--bogus-flag"],
+        vec!["pull", &source, "-o", &out_s, "--isolation", "bogus"],
+        vec!["pull", &source, "-o", &out_s, "--size", "many"],
+        vec!["pull", &source, "-o", &out_s, "--max-entries", "-5"],
+    ];
+    for args in cases {
+        let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        let o = rootbox_tests::run::run_with(&env.bin, &args, None);
+        assert_eq!(o.code, 2, "usage error must exit 2:\n{}", o.describe());
+        expect_dir_holds(&out_dir, &[]);
+    }
+}

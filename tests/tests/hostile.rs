@@ -13,7 +13,8 @@ use rootbox_tests::layer::{self, Entry as E, LayerBuilder};
 use rootbox_tests::model::Model;
 use rootbox_tests::oci::{Compression, DockerLayout, Fault, Image, LayerSpec, Written};
 use rootbox_tests::run::{
-    error_lines, expect_dir_holds, expect_failure, expect_fsck_clean, expect_success, Outcome,
+    error_lines, expect_dir_holds, expect_failure, expect_fsck_clean, expect_success, run_with,
+    Outcome,
 };
 use rootbox_tests::scene::Scene;
 use rootbox_tests::tree::{assert_same, Kind, Node, Tree};
@@ -44,6 +45,7 @@ fn refused(
 ) -> Outcome {
     let o = env.pull(source, &scene.output(), extra);
     expect_failure(&o, codes, mentions);
+    eprintln!("refused (exit {}): {}", o.code, error_lines(&o).join(" | "));
     scene.assert_refused_cleanly();
     o
 }
@@ -114,8 +116,11 @@ fn traversal_is_refused() {
         (E::dir("../../evil-dir"), "evil-dir"),
         (E::symlink("../../evil-link", "/"), "evil-link"),
         (E::char_dev("../../evil-dev", 1, 3), "evil-dev"),
+        (E::raw(b"../.wh.canary", b""), "canary"),
+        (E::raw(b"etc/../../.wh..wh..opq", b""), ".wh..wh..opq"),
     ];
     for (entry, name) in variants {
+        eprintln!("variant: entry {:?}", String::from_utf8_lossy(&entry.name));
         let scene = Scene::new(&env);
         let source = oci_of(&scene, vec![layer(vec![E::dir("etc"), entry])]);
         refused(&env, &scene, &source, &[], &[4], &["refusing", name]);
@@ -287,6 +292,7 @@ fn hardlink_to_missing_target_is_refused() {
     let canary = scene0.canary().to_string_lossy().into_owned();
     drop(scene0);
     for target in ["nope", "etc/passwd", "/etc/passwd", canary.as_str(), "evil/etc/shadow"] {
+        eprintln!("variant: hardlink target {target:?}");
         let scene = Scene::new(&env);
         let tars = vec![layer(vec![
             E::dir("etc"),
@@ -308,6 +314,7 @@ fn hardlink_to_missing_target_is_refused() {
 fn bad_whiteout_names_are_refused() {
     let env = require_root!();
     for name in [&b".wh."[..], b".wh..", b".wh...", b"etc/.wh..", b"etc/.wh...", b"etc/.wh."] {
+        eprintln!("variant: whiteout {:?}", String::from_utf8_lossy(name));
         let scene = Scene::new(&env);
         let l1 = layer(vec![E::dir("etc"), E::file("etc/passwd", b"x\n")]);
         let l2 = layer(vec![E::dir("etc"), E::raw(name, b"")]);
@@ -482,6 +489,7 @@ fn bomb(size: u64, compression: Compression) -> (Vec<u8>, String) {
 fn decompression_bomb_hits_the_limit() {
     let env = require_root!();
     for compression in [Compression::Gzip, Compression::Zstd] {
+        eprintln!("variant: {compression:?}");
         let scene = Scene::new(&env);
         let (blob, diff_id) = bomb(256 << 20, compression);
         assert!(blob.len() < 4 << 20, "bomb blob is {} bytes", blob.len());
@@ -527,6 +535,7 @@ fn payload() -> Vec<u8> {
 fn truncated_compressed_blob_is_refused() {
     let env = require_root!();
     for compression in [Compression::Gzip, Compression::Zstd] {
+        eprintln!("variant: {compression:?}");
         let scene = Scene::new(&env);
         let base = LayerSpec::new(layer(vec![E::dir("etc")]), Compression::Gzip);
         let cut = LayerSpec::new(payload(), compression).fault(Fault::TruncatedBlob);
@@ -545,6 +554,7 @@ fn truncated_tar_inside_valid_compression_is_refused() {
     // Cut inside etc/big's data: the headers of etc/ and etc/big, then 50,000 of its bytes.
     let cut = full[..1024 + 50_000].to_vec();
     for compression in [Compression::Gzip, Compression::Zstd, Compression::None] {
+        eprintln!("variant: {compression:?}");
         let scene = Scene::new(&env);
         let (source, _) = write_oci(&scene, vec![LayerSpec::new(cut.clone(), compression)]);
         refused(&env, &scene, &source, &[], &[4], &[]);
@@ -555,6 +565,7 @@ fn truncated_tar_inside_valid_compression_is_refused() {
 fn blob_digest_mismatch_is_refused() {
     let env = require_root!();
     for compression in [Compression::Gzip, Compression::None] {
+        eprintln!("variant: {compression:?}");
         let scene = Scene::new(&env);
         let good = LayerSpec::new(layer(vec![E::dir("etc")]), Compression::Gzip);
         let bad = LayerSpec::new(payload(), compression).fault(Fault::BlobDigest);
@@ -568,6 +579,7 @@ fn blob_digest_mismatch_is_refused() {
 fn diff_id_mismatch_is_refused() {
     let env = require_root!();
     for compression in [Compression::Gzip, Compression::Zstd, Compression::None] {
+        eprintln!("variant: {compression:?}");
         let scene = Scene::new(&env);
         let bad = LayerSpec::new(payload(), compression).fault(Fault::DiffId);
         let (source, w) = write_oci(&scene, vec![bad]);
@@ -592,6 +604,7 @@ fn missing_blob_is_refused() {
     assert_names_layer(&o, &w, 1);
 
     for layout in [DockerLayout::Legacy, DockerLayout::Blobs] {
+        eprintln!("variant: docker {layout:?}");
         let scene = Scene::new(&env);
         let archive = scene.input.join("docker.tar");
         let img =
@@ -611,6 +624,7 @@ fn unsupported_media_type_is_refused() {
         "application/octet-stream",
         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
     ] {
+        eprintln!("variant: media type {media_type}");
         let scene = Scene::new(&env);
         let spec = LayerSpec::new(payload(), Compression::Gzip).media_type(media_type);
         let (source, _) = write_oci(&scene, vec![spec]);
@@ -640,4 +654,117 @@ fn worker_image_missing_is_a_sandbox_error() {
     let o = broken.pull(&source, &scene.output(), &[]);
     expect_failure(&o, &[5], &[]);
     scene.assert_refused_cleanly();
+}
+
+#[test]
+fn not_root_is_a_sandbox_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = require_root!();
+    let scene = Scene::new(&env);
+    let source = oci_of(&scene, vec![layer(vec![E::dir("etc")])]);
+    // Let uid 65534 reach the source and write the output directory (modes only: the
+    // directory's mtime, which the scene checks, does not change).
+    for d in [scene.dir.path(), &scene.input, &scene.out_dir] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let status =
+        std::process::Command::new("chmod").arg("-R").arg("a+rX").arg(&scene.input).status();
+    assert!(status.is_ok_and(|s| s.success()), "chmod -R");
+    let mut args: Vec<std::ffi::OsString> =
+        ["--reuid=65534", "--regid=65534", "--clear-groups"].iter().map(Into::into).collect();
+    args.push(env.bin.clone().into());
+    for a in ["pull", &source, "-o"] {
+        args.push(a.into());
+    }
+    args.push(scene.output().into());
+    args.push("--worker-image".into());
+    args.push(env.worker_image.clone().into());
+    for a in ["--no-default-assets", "--isolation", "container"] {
+        args.push(a.into());
+    }
+    let o = run_with(Path::new("setpriv"), &args, None);
+    expect_failure(&o, &[5], &[]);
+    scene.assert_refused_cleanly();
+}
+
+#[test]
+fn interrupted_pull_leaves_nothing_behind() {
+    use std::time::{Duration, Instant};
+    let env = require_root!();
+    let scene = Scene::new(&env);
+    // Big enough to take a while: 32 files of 4 MiB of noise, uncompressed.
+    let noise: Vec<u8> =
+        (0..4u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    let mut entries = vec![E::dir("big")];
+    entries.extend((0..32).map(|i| E::file(&format!("big/f{i}"), &noise)));
+    let (source, _) = write_oci(&scene, vec![LayerSpec::new(layer(entries), Compression::None)]);
+    let mut child = std::process::Command::new(&env.bin)
+        .args(["pull", &source, "-o"])
+        .arg(scene.output())
+        .arg("--worker-image")
+        .arg(&env.worker_image)
+        .arg("--no-default-assets")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn rootbox");
+    let start = Instant::now();
+    let mut seen = false;
+    while start.elapsed() < Duration::from_secs(60) {
+        if fs::read_dir(&scene.out_dir).expect("list out").next().is_some() {
+            seen = true;
+            break;
+        }
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(seen, "rootbox wrote nothing beside the output before exiting or within 60 s");
+    let killed =
+        std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    assert!(killed.is_ok_and(|s| s.success()), "kill -TERM");
+    let status = child.wait().expect("wait");
+    assert!(!status.success(), "rootbox succeeded despite SIGTERM");
+    scene.assert_refused_cleanly();
+}
+
+#[test]
+fn whiteouts_through_symlinks_stay_inside() {
+    let env = require_root!();
+    let scene = Scene::new(&env);
+    let host_hostname = fs::read("/etc/hostname").ok();
+    let canary_dir = scene.dir.path().to_string_lossy().into_owned();
+    let mut l1 = vec![
+        E::dir("etc"),
+        E::file("etc/x", b"x\n"),
+        E::file("etc/y", b"y\n"),
+        E::file("etc/z", b"z\n"),
+        E::symlink("evil", "/"),
+        E::symlink("hostetc", "/etc"),
+        E::symlink("c", &canary_dir),
+        E::dir("d"),
+        E::file("d/a", b"a\n"),
+        E::dir("d/sub"),
+    ];
+    l1.extend(image_dirs_for(scene.dir.path()));
+    l1.push(E::file(&format!("{}/canary", rel(scene.dir.path())), b"image canary\n"));
+    let l2 = vec![
+        E::raw(b"evil/etc/.wh.x", b""),
+        E::raw(b"hostetc/.wh.y", b""),
+        E::raw(b"hostetc/.wh.hostname", b""),
+        E::raw(b"evil/d/.wh..wh..opq", b""),
+        E::raw(b"c/.wh.canary", b""),
+        E::raw(format!("{canary_dir}/.wh.nothing").as_bytes(), b""),
+    ];
+    let tars = vec![layer(l1), layer(l2)];
+    let got = accepted(&env, &scene, &oci_of(&scene, tars.clone()));
+    for gone in ["etc/x", "etc/y", "d/a", "d/sub"] {
+        assert!(got.get(gone).is_none(), "{gone} should have been whited out");
+    }
+    assert!(got.get(&format!("{}/canary", rel(scene.dir.path()))).is_none(), "image canary kept");
+    assert_file(&got, "etc/z", b"z\n");
+    assert_eq!(got.get("d").map(|n| n.kind), Some(Kind::Dir));
+    assert_eq!(fs::read("/etc/hostname").ok(), host_hostname, "host /etc/hostname changed");
+    assert_same("whiteouts through symlinks", &model(&tars), &got);
 }

@@ -30,6 +30,8 @@ pub const PROBE_MARKER: &str = "rootbox-worker: vm probe ok";
 /// How long the worker keeps trying to reach the host (the host listens before boot; the
 /// wait covers a transport still probing and a slow host).
 const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+/// How long PID 1 waits, after the session, for the host to close the connection.
+const LINGER_PATIENCE: Duration = Duration::from_secs(5);
 /// How long the output device may take to appear in /dev.
 const DEVICE_PATIENCE: Duration = Duration::from_secs(5);
 /// How often PID 1 looks for exited children and samples memory.
@@ -172,14 +174,18 @@ fn run() -> Result<(), InitError> {
     println!("{READY_MARKER}");
     std::env::set_var("PATH", "/sbin:/bin");
 
+    // PID 1 keeps a copy of the connection, to end it cleanly after the session (linger).
+    let keep =
+        fd.try_clone().map_err(|e| SysError::new("duplicating", "the vsock connection", e))?;
     let transport = File::from(fd);
     let output = params.output.clone();
     let child = sys::process::fork_run(move || session_main(transport, output))
         .map_err(|e| SysError::new("forking the session in", "/", e))?;
-    // PID 1's copy of the connection is closed here, so the host sees EOF when the session
-    // ends, whatever PID 1 does next.
     let (status, memory) = reap_until(child);
     println!("rootbox-worker: memory: {memory}");
+    if let Err(e) = sys::vsock::linger(&keep, LINGER_PATIENCE) {
+        eprintln!("rootbox-worker: {}", session::chain(&e).join(": "));
+    }
     match status {
         WaitStatus::Exited(_, 0) => Ok(()),
         other => Err(InitError::Session(describe(other))),

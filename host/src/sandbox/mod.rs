@@ -1,13 +1,24 @@
 //! Sandboxes the worker runs in. Each backend starts the worker with the output file and a
 //! duplex byte stream carrying the protocol; the job driver does not care which one runs.
 
+pub mod console;
 pub mod container;
+pub mod firecracker;
+pub mod kvm;
+pub mod machine;
+pub mod qemu;
+pub mod vm;
+pub mod vsock;
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
+
+use crate::cli::Isolation;
+use crate::worker_image::WorkerImage;
 
 /// A sandbox cannot run here (exit code 5).
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +37,82 @@ pub trait Running: Send {
     fn console_tail(&self) -> Vec<String>;
     /// The process group to kill from a signal handler.
     fn process_group(&self) -> Option<i32>;
+    /// Milliseconds from the sandbox's start to the worker's connection, when measured.
+    fn boot_ms(&self) -> Option<u64> {
+        None
+    }
+    /// Why the sandbox ended before the job did, when rootbox knows (a VMM that died, a job
+    /// timeout); asked after a failed job, for the error message.
+    fn stop_reason(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Which sandbox runs a job: chosen from `--isolation` and what this machine offers.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    Container,
+    Vm(vm::Plan),
+}
+
+impl Plan {
+    /// `"container"` or `"vm"`, as the `--json` report says.
+    pub fn isolation(&self) -> &'static str {
+        match self {
+            Plan::Container => "container",
+            Plan::Vm(_) => "vm",
+        }
+    }
+
+    pub fn vmm(&self) -> Option<&'static str> {
+        match self {
+            Plan::Container => None,
+            Plan::Vm(p) => Some(p.vmm.name()),
+        }
+    }
+
+    pub fn accel(&self) -> Option<&'static str> {
+        match self {
+            Plan::Container => None,
+            Plan::Vm(p) => Some(p.accel.name()),
+        }
+    }
+}
+
+/// `vm`: Firecracker, QEMU+KVM, QEMU+TCG; `container`: the namespace container; `auto`: the
+/// microVM when a VMM and the worker kernel are there, else the container when root.
+pub fn choose(isolation: Isolation, image: &WorkerImage) -> Result<Plan, Unavailable> {
+    match isolation {
+        Isolation::Container => match container::unavailable(image) {
+            None => Ok(Plan::Container),
+            Some(why) => Err(Unavailable(why)),
+        },
+        Isolation::Vm => vm::choose(image)
+            .map(Plan::Vm)
+            .map_err(|why| Unavailable(format!("the microVM sandbox cannot run here: {why}"))),
+        Isolation::Auto => match vm::choose(image) {
+            Ok(p) => Ok(Plan::Vm(p)),
+            Err(vm_why) => match container::unavailable(image) {
+                None => Ok(Plan::Container),
+                Some(c_why) => Err(Unavailable(format!(
+                    "no sandbox can run here: microVM: {vm_why}; container: {c_why}"
+                ))),
+            },
+        },
+    }
+}
+
+/// Starts the chosen sandbox around `output`.
+pub fn start(
+    plan: &Plan,
+    image: &WorkerImage,
+    output: &File,
+    opts: &vm::Options,
+) -> anyhow::Result<Box<dyn Running>> {
+    Ok(match plan {
+        Plan::Container => Box::new(container::start(image, output)?),
+        Plan::Vm(p) => Box::new(vm::start(p, output, opts)?),
+    })
 }
 
 /// Keeps the last `max` lines of a stream, read by a background thread.

@@ -6,6 +6,7 @@
 
 mod docker_archive;
 mod oci_layout;
+pub mod registry;
 mod rootfs_tar;
 pub mod spec;
 
@@ -20,7 +21,7 @@ use spec::{Compression, PlatformSpec};
 /// Everything wrong with a source itself (exit code 3).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("unknown source {0:?}: use oci:DIR[:TAG], docker-archive:FILE or rootfs-tar:FILE|-")]
+    #[error("unknown source {0:?}: use oci:DIR[:TAG], docker-archive:FILE, rootfs-tar:FILE|-, docker://REFERENCE or a bare reference (debian:bookworm)")]
     Syntax(String),
     #[error("{what} not found at {path}")]
     Missing { what: String, path: PathBuf },
@@ -57,6 +58,13 @@ pub enum SourceError {
     Limit { what: String, limit: u64 },
     #[error("{0}")]
     Invalid(String),
+    /// A registry request failed for good (after retries when the failure was transient).
+    #[error("registry {registry}, repository {repository}: {what}: {cause}")]
+    Registry { registry: String, repository: String, what: String, cause: String },
+    #[error("registry {registry} refused access to repository {repository} {origin}; give credentials with --creds USER:PASS or an auth file ($REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json, ~/.docker/config.json)")]
+    Denied { registry: String, repository: String, origin: String },
+    #[error("the blob cache")]
+    Cache(#[source] crate::cache::CacheError),
 }
 
 pub type Result<T> = std::result::Result<T, SourceError>;
@@ -126,12 +134,72 @@ pub struct Image {
 }
 
 /// A place images come from.
-pub trait Source {
+pub trait Source: Send + Sync {
     /// Resolves the image for `platform`, reading and checking its JSON documents.
     fn resolve(&self, platform: &PlatformSpec) -> Result<Image>;
+
+    /// Makes a layer's blob readable at its location (a registry downloads it into the
+    /// cache). `label` names the layer in progress lines. A source that checked the layer's
+    /// digest, size and diff_id (within `limit` uncompressed bytes) while fetching it says
+    /// what it found, sparing the verification pass. Local sources have nothing to do.
+    fn fetch(
+        &self,
+        _layer: &Layer,
+        _label: &str,
+        _limit: u64,
+    ) -> Result<Option<crate::layer::Verified>> {
+        Ok(None)
+    }
+
+    /// The layer's blob failed verification: drops it so that `fetch` gets it again. False
+    /// when fetching again cannot help (the blob is the source itself).
+    fn discard(&self, _layer: &Layer) -> bool {
+        false
+    }
+
+    /// Layers arrive over time (downloads): the build starts before all are verified, on a
+    /// scratch file sized from the compressed sizes and `--max-uncompressed`.
+    fn remote(&self) -> bool {
+        false
+    }
 }
 
-/// Parses skopeo-style `TRANSPORT:DETAILS`.
+/// Transports skopeo knows that rootbox does not read: never taken for a bare reference.
+const OTHER_TRANSPORTS: &[&str] = &[
+    "oci-archive",
+    "docker-daemon",
+    "containers-storage",
+    "dir",
+    "docker",
+    "ostree",
+    "sif",
+    "tarball",
+];
+
+/// Parses a source, registry references included (`docker://REF`, or a bare `REF` with
+/// docker's defaults).
+pub fn open(
+    s: &str,
+    opts: &registry::Options,
+    progress: &crate::progress::Progress,
+) -> Result<Box<dyn Source>> {
+    if let Some(rest) = s.strip_prefix("docker://") {
+        return Ok(Box::new(registry::Registry::parse(rest, s, opts, progress)?));
+    }
+    match parse(s) {
+        Err(SourceError::Syntax(_)) => {}
+        other => return other,
+    }
+    let transport = s.split_once(':').map(|(t, _)| t);
+    if transport.is_some_and(|t| OTHER_TRANSPORTS.contains(&t)) || s.contains("://") {
+        return Err(SourceError::Syntax(s.to_string()));
+    }
+    registry::Registry::parse(s, s, opts, progress)
+        .map(|r| Box::new(r) as Box<dyn Source>)
+        .map_err(|_| SourceError::Syntax(s.to_string()))
+}
+
+/// Parses skopeo-style `TRANSPORT:DETAILS` for the local transports.
 pub fn parse(s: &str) -> Result<Box<dyn Source>> {
     if let Some(rest) = s.strip_prefix("oci:") {
         return Ok(Box::new(oci_layout::OciLayout::parse(rest, s)));
