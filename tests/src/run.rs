@@ -120,6 +120,11 @@ impl Env {
         args.push("--worker-image".into());
         args.push(self.worker_image.as_os_str().to_owned());
         args.push("--no-default-assets".into());
+        // The container sandbox unless a test names one: tests/tests/vm.rs covers the VM.
+        if !extra.iter().any(|a| a.starts_with("--isolation")) {
+            args.push("--isolation".into());
+            args.push("container".into());
+        }
         args.extend(extra.iter().map(OsString::from));
         run_with(&self.bin, &args, stdin)
     }

@@ -180,7 +180,9 @@ impl Session {
         rustix::fs::sync();
 
         Ok(JobResult {
-            size_bytes: usage.size_bytes,
+            // resize2fs may leave off a last block group too small to hold its metadata; the
+            // image file is still exactly the size asked for.
+            size_bytes: size.max(usage.size_bytes),
             used_bytes: usage.used_bytes,
             inodes: usage.inodes_used,
             entries: applied.entries,
