@@ -59,6 +59,7 @@ pub struct Layers {
     upfront: Option<std::vec::IntoIter<Item>>,
     injection: Option<(Layer, Verified)>,
     stop: Arc<AtomicBool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
     streaming: bool,
     compressed: u64,
     known_uncompressed: u64,
@@ -80,12 +81,13 @@ impl Layers {
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let cursor = Arc::new(AtomicUsize::new(0));
+        let mut workers = Vec::new();
         for _ in 0..PARALLEL.min(n.max(1)) {
             let (src, layers, tx, stop, cursor) =
                 (src.clone(), layers.clone(), tx.clone(), stop.clone(), cursor.clone());
             let name = image.name.clone();
             let progress = progress.clone();
-            std::thread::spawn(move || loop {
+            workers.push(std::thread::spawn(move || loop {
                 let i = cursor.fetch_add(1, Ordering::SeqCst);
                 if i >= layers.len() || stop.load(Ordering::SeqCst) {
                     return;
@@ -100,7 +102,7 @@ impl Layers {
                 if tx.send((i, r)).is_err() {
                     return;
                 }
-            });
+            }));
         }
         let injection = match injection {
             Some(l) => {
@@ -122,6 +124,7 @@ impl Layers {
             upfront: None,
             injection,
             stop,
+            workers,
             streaming: src.remote() && !fetch_first,
             known_uncompressed: 0,
         };
@@ -223,8 +226,12 @@ impl Iterator for Layers {
 
 impl Drop for Layers {
     fn drop(&mut self) {
-        // Threads finish the fetch in hand and stop; nobody waits for them.
+        // Threads finish the fetch in hand and stop. Wait for them, so a failed pull never
+        // exits with a download half-written into the cache.
         self.stop.store(true, Ordering::SeqCst);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
     }
 }
 
