@@ -90,7 +90,8 @@ pub fn run(args: &PullArgs) -> Result<Report> {
         Event::Phase(rootbox_proto::Phase::Inject, _) => say("injecting files".into()),
         Event::Phase(p, Some(l)) => say(format!("{p} layer {} of {n}", l + 1)),
         Event::Phase(p, None) => say(p.to_string()),
-        Event::Shipped(i) => say(format!("shipped layer {} of {n}", i + 1)),
+        Event::Shipped(i) if i < n => say(format!("shipped layer {} of {n}", i + 1)),
+        Event::Shipped(_) => say("shipped injected files".into()),
     };
     let outcome = job::run(worker.as_mut(), &mut layers, spec, &mut on_event);
     let outcome = match outcome {
