@@ -162,21 +162,26 @@ fn handmade_oci_untagged_docker_media_type_text() {
     );
 }
 
+/// Writes `tars` as a docker archive in `tmp` and pulls it with `--json`.
+fn pull_docker_archive(
+    env: &Env,
+    tmp: &Path,
+    tars: &[Vec<u8>],
+    layout: DockerLayout,
+) -> (Outcome, PathBuf, Written) {
+    let image = Image::from_tars(tars, Compression::None);
+    let archive = tmp.join("image.tar");
+    let w = image.write_docker_archive(&archive, layout).expect("write docker archive");
+    let out_dir = fresh_out(tmp, "out");
+    let source = format!("docker-archive:{}", archive.display());
+    let o = pull_ok(env, &source, &out_dir, &["--json"], None);
+    (o, out_dir.join("out.ext4"), w)
+}
+
 fn handmade_docker(layout: DockerLayout) {
     let env = require_root!();
     let tmp = tempdir();
-    let image = Image::from_tars(&handmade::layers(), Compression::None);
-    let archive = tmp.path().join("image.tar");
-    let w = image.write_docker_archive(&archive, layout).expect("write docker archive");
-    let out_dir = fresh_out(tmp.path(), "out");
-    let o = pull_ok(
-        &env,
-        &format!("docker-archive:{}", archive.display()),
-        &out_dir,
-        &["--json"],
-        None,
-    );
-    let out = out_dir.join("out.ext4");
+    let (o, out, w) = pull_docker_archive(&env, tmp.path(), &handmade::layers(), layout);
     let v = json_summary(&o);
     assert_eq!(json_strings(&v, "layers").len(), 3, "docker-archive layers:\n{}", o.describe());
     check_json(
@@ -342,18 +347,8 @@ fn debian_minbase_docker_archive() {
     let env = require_root!();
     let d = debian(&env);
     let tmp = tempdir();
-    let image = Image::from_tars(&debian_layers(&d), Compression::None);
-    let archive = tmp.path().join("debian.tar");
-    let w = image.write_docker_archive(&archive, DockerLayout::Legacy).expect("write");
-    let out_dir = fresh_out(tmp.path(), "out");
-    let o = pull_ok(
-        &env,
-        &format!("docker-archive:{}", archive.display()),
-        &out_dir,
-        &["--json"],
-        None,
-    );
-    let out = out_dir.join("out.ext4");
+    let (o, out, w) =
+        pull_docker_archive(&env, tmp.path(), &debian_layers(&d), DockerLayout::Legacy);
     check_json(&o, &out, JsonWant { layers: None, diff_ids: Some(&w.diff_ids), warnings: &[] });
     check_image("Debian minbase via docker-archive", &out, &d.expected);
 }

@@ -88,23 +88,12 @@ pub fn start(image: &WorkerImage, output: &File) -> Result<Container, Unavailabl
         .spawn()
         .map_err(|e| Unavailable(format!("starting {}: {e}", image.worker().display())))?;
     drop(worker_end);
-    let mut tail = Tail::default();
+    let tail = Tail::default();
     if let Some(err) = child.stderr.take() {
-        tail = Tail::follow(err, 40);
+        tail.follow(err, 40);
     }
     if let Some(out) = child.stdout.take() {
-        let t = tail.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(mut q) = t.0.lock() {
-                    if q.len() == 40 {
-                        q.pop_front();
-                    }
-                    q.push_back(line);
-                }
-            }
-        });
+        tail.follow(out, 40);
     }
     Ok(Container { child, host_end, tail })
 }

@@ -120,9 +120,9 @@ pub fn start(
 pub struct Tail(Arc<Mutex<VecDeque<String>>>);
 
 impl Tail {
-    pub fn follow(r: impl std::io::Read + Send + 'static, max: usize) -> Self {
-        let tail = Tail::default();
-        let t = tail.clone();
+    /// Adds a stream's lines to the tail (several streams may share one: stdout and stderr).
+    pub fn follow(&self, r: impl std::io::Read + Send + 'static, max: usize) {
+        let t = self.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(r).lines() {
                 let Ok(line) = line else { break };
@@ -137,7 +137,6 @@ impl Tail {
                 }
             }
         });
-        tail
     }
 
     pub fn lines(&self) -> Vec<String> {

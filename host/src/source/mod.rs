@@ -253,6 +253,47 @@ pub fn pair_diff_ids(what: &str, n_layers: usize, config: &spec::Config) -> Resu
     Ok(config.rootfs.diff_ids.clone())
 }
 
+/// Checks a small blob read whole (a manifest, index or config) against its descriptor.
+pub fn check_blob(what: &str, desc: &spec::Descriptor, bytes: &[u8]) -> Result<()> {
+    let actual = Digest::of(bytes);
+    if actual != desc.digest {
+        return Err(SourceError::DigestMismatch {
+            what: what.into(),
+            expected: desc.digest.clone(),
+            actual,
+        });
+    }
+    if bytes.len() as u64 != desc.size {
+        return Err(SourceError::SizeMismatch {
+            what: what.into(),
+            expected: desc.size,
+            actual: bytes.len() as u64,
+        });
+    }
+    Ok(())
+}
+
+/// The index entry for `platform`, or an error listing what the index offers.
+pub fn select_platform(
+    name: &str,
+    index: &spec::Index,
+    platform: &PlatformSpec,
+) -> Result<spec::Descriptor> {
+    index
+        .manifests
+        .iter()
+        .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
+        .cloned()
+        .ok_or_else(|| {
+            let offered: Vec<String> =
+                index.manifests.iter().map(|d| spec::describe_platform(&d.platform)).collect();
+            SourceError::Invalid(format!(
+                "{name}: no manifest for {platform}; the index offers {}",
+                offered.join(", ")
+            ))
+        })
+}
+
 pub fn check_platform(what: &str, platform: &PlatformSpec, config: &spec::Config) -> Result<()> {
     if platform.matches_config(config) {
         return Ok(());

@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::spec::{self, describe_platform, Descriptor, Index, Manifest, PlatformSpec};
+use super::spec::{self, Descriptor, Index, Manifest, PlatformSpec};
 use super::{
-    check_platform, pair_diff_ids, read_bounded, BlobLocation, CompressionHint, Image, Layer,
-    Result, Source, SourceError,
+    check_blob, check_platform, pair_diff_ids, read_bounded, select_platform, BlobLocation,
+    CompressionHint, Image, Layer, Result, Source, SourceError,
 };
 use crate::digest::Digest;
 
@@ -50,21 +50,7 @@ impl OciLayout {
             _ => SourceError::Io { what: what.into(), path: path.clone(), source: e },
         })?;
         let bytes = read_bounded(f, what, &path)?;
-        let actual = Digest::of(&bytes);
-        if actual != desc.digest {
-            return Err(SourceError::DigestMismatch {
-                what: what.into(),
-                expected: desc.digest.clone(),
-                actual,
-            });
-        }
-        if bytes.len() as u64 != desc.size {
-            return Err(SourceError::SizeMismatch {
-                what: what.into(),
-                expected: desc.size,
-                actual: bytes.len() as u64,
-            });
-        }
+        check_blob(what, desc, &bytes)?;
         serde_json::from_slice(&bytes)
             .map_err(|source| SourceError::Json { what: what.into(), source })
     }
@@ -116,20 +102,7 @@ impl OciLayout {
                 return Ok((desc, m));
             }
             let idx: Index = self.read_blob_json(&desc, &format!("{} image index", self.name))?;
-            let offered: Vec<String> =
-                idx.manifests.iter().map(|d| describe_platform(&d.platform)).collect();
-            desc = idx
-                .manifests
-                .iter()
-                .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
-                .cloned()
-                .ok_or_else(|| {
-                    SourceError::Invalid(format!(
-                        "{}: no manifest for {platform}; the index offers {}",
-                        self.name,
-                        offered.join(", ")
-                    ))
-                })?;
+            desc = select_platform(&self.name, &idx, platform)?;
         }
         Err(SourceError::Invalid(format!("{}: image indexes nested too deeply", self.name)))
     }

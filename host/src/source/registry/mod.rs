@@ -24,9 +24,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest as _, Sha256};
 
-use super::spec::{
-    self, describe_platform, Compression, Descriptor, Index, Manifest, PlatformSpec,
-};
+use super::spec::{self, Compression, Descriptor, Index, Manifest, PlatformSpec};
 use super::{
     check_platform, pair_diff_ids, BlobLocation, CompressionHint, Image, Layer, Result, Source,
     SourceError,
@@ -297,20 +295,7 @@ impl Registry {
                 what: format!("{} image index", self.name),
                 source,
             })?;
-            let offered: Vec<String> =
-                idx.manifests.iter().map(|d| describe_platform(&d.platform)).collect();
-            let chosen = idx
-                .manifests
-                .iter()
-                .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
-                .cloned()
-                .ok_or_else(|| {
-                    SourceError::Invalid(format!(
-                        "{}: no manifest for {platform}; the index offers {}",
-                        self.name,
-                        offered.join(", ")
-                    ))
-                })?;
+            let chosen = super::select_platform(&self.name, &idx, platform)?;
             from_index.get_or_insert(digest.clone());
             media_type = chosen.media_type.clone();
             let child = self.reference.clone_with_digest(chosen.digest.to_string());
@@ -479,7 +464,7 @@ impl Registry {
                 s.cache.discard(&desc.digest, None).map_err(SourceError::Cache)?;
                 continue;
             }
-            check_blob(&what, desc, &bytes)?;
+            super::check_blob(&what, desc, &bytes)?;
             return serde_json::from_slice(&bytes)
                 .map_err(|source| SourceError::Json { what, source });
         }
@@ -564,26 +549,6 @@ impl Inline {
             diff_id: Digest::from_sha256(sink.hasher),
         })
     }
-}
-
-/// Checks a small blob read whole against its descriptor.
-fn check_blob(what: &str, desc: &Descriptor, bytes: &[u8]) -> Result<()> {
-    let actual = Digest::of(bytes);
-    if actual != desc.digest {
-        return Err(SourceError::DigestMismatch {
-            what: what.into(),
-            expected: desc.digest.clone(),
-            actual,
-        });
-    }
-    if bytes.len() as u64 != desc.size {
-        return Err(SourceError::SizeMismatch {
-            what: what.into(),
-            expected: desc.size,
-            actual: bytes.len() as u64,
-        });
-    }
-    Ok(())
 }
 
 fn temp_path_hint(d: &Digest) -> std::path::PathBuf {
