@@ -294,6 +294,34 @@ pub fn select_platform(
         })
 }
 
+/// The layers a manifest and its config describe, after checking the config's platform,
+/// its diff_id count and every layer's media type. `locate` says where each blob lives.
+pub fn manifest_layers(
+    name: &str,
+    platform: &PlatformSpec,
+    manifest: &spec::Manifest,
+    config: &spec::Config,
+    mut locate: impl FnMut(&spec::Descriptor, &str) -> Result<BlobLocation>,
+) -> Result<Vec<Layer>> {
+    check_platform(name, platform, config)?;
+    let diff_ids = pair_diff_ids(name, manifest.layers.len(), config)?;
+    let mut layers = Vec::new();
+    for (i, (d, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
+        let what = format!("{name} layer {} ({})", i + 1, d.digest);
+        let compression = spec::layer_compression(&d.media_type).ok_or_else(|| {
+            SourceError::MediaType { what: what.clone(), media_type: d.media_type.clone() }
+        })?;
+        layers.push(Layer {
+            digest: d.digest.clone(),
+            verify_digest: true,
+            diff_id: Some(diff_id),
+            compression: CompressionHint::Known(compression),
+            blob: locate(d, &what)?,
+        });
+    }
+    Ok(layers)
+}
+
 pub fn check_platform(what: &str, platform: &PlatformSpec, config: &spec::Config) -> Result<()> {
     if platform.matches_config(config) {
         return Ok(());

@@ -1,11 +1,11 @@
 //! `oci:DIR[:TAG]`: an OCI image layout on disk.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::spec::{self, Descriptor, Index, Manifest, PlatformSpec};
 use super::{
-    check_blob, check_platform, pair_diff_ids, read_bounded, select_platform, BlobLocation,
-    CompressionHint, Image, Layer, Result, Source, SourceError,
+    check_blob, manifest_layers, read_bounded, select_platform, BlobLocation, Image, Result,
+    Source, SourceError,
 };
 use crate::digest::Digest;
 
@@ -125,35 +125,19 @@ impl Source for OciLayout {
         let (desc, manifest) = self.manifest(desc, platform)?;
         let config: spec::Config =
             self.read_blob_json(&manifest.config, &format!("{} config", self.name))?;
-        check_platform(&self.name, platform, &config)?;
-        let diff_ids = pair_diff_ids(&self.name, manifest.layers.len(), &config)?;
-        let mut layers = Vec::new();
-        for (i, (d, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
-            let what = format!("{} layer {} ({})", self.name, i + 1, d.digest);
-            let compression = spec::layer_compression(&d.media_type).ok_or_else(|| {
-                SourceError::MediaType { what: what.clone(), media_type: d.media_type.clone() }
-            })?;
+        let layers = manifest_layers(&self.name, platform, &manifest, &config, |d, what| {
             let path = self.blob_path(&d.digest);
             let meta = std::fs::metadata(&path)
-                .map_err(|_| SourceError::Missing { what: what.clone(), path: path.clone() })?;
+                .map_err(|_| SourceError::Missing { what: what.into(), path: path.clone() })?;
             if meta.len() != d.size {
                 return Err(SourceError::SizeMismatch {
-                    what,
+                    what: what.into(),
                     expected: d.size,
                     actual: meta.len(),
                 });
             }
-            layers.push(Layer {
-                digest: d.digest.clone(),
-                verify_digest: true,
-                diff_id: Some(diff_id),
-                compression: CompressionHint::Known(compression),
-                blob: BlobLocation::File { path, offset: 0, len: d.size },
-            });
-        }
+            Ok(BlobLocation::File { path, offset: 0, len: d.size })
+        })?;
         Ok(Image { name: self.name.clone(), digest: desc.digest, layers })
     }
 }
-
-#[allow(dead_code)]
-fn _assert_path(_: &Path) {}

@@ -25,10 +25,7 @@ use oci_client::{Client, Reference};
 use sha2::{Digest as _, Sha256};
 
 use super::spec::{self, Compression, Descriptor, Index, Manifest, PlatformSpec};
-use super::{
-    check_platform, pair_diff_ids, BlobLocation, CompressionHint, Image, Layer, Result, Source,
-    SourceError,
-};
+use super::{BlobLocation, CompressionHint, Image, Layer, Result, Source, SourceError};
 use crate::cache::{self, Cache, Entry};
 use crate::digest::Digest;
 use crate::layer::Verified;
@@ -576,27 +573,10 @@ impl Source for Registry {
         self.progress.line(format!("resolving {}", self.reference.whole()));
         let (desc, manifest, from_index) = self.manifest(platform)?;
         let config = self.read_config(&manifest.config)?;
-        check_platform(&self.name, platform, &config)?;
-        let diff_ids = pair_diff_ids(&self.name, manifest.layers.len(), &config)?;
         let cache = &self.session()?.cache;
-        let mut layers = Vec::new();
-        for (i, (d, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
-            let what = format!("{} layer {} ({})", self.name, i + 1, d.digest);
-            let compression = spec::layer_compression(&d.media_type).ok_or_else(|| {
-                SourceError::MediaType { what: what.clone(), media_type: d.media_type.clone() }
-            })?;
-            layers.push(Layer {
-                digest: d.digest.clone(),
-                verify_digest: true,
-                diff_id: Some(diff_id),
-                compression: CompressionHint::Known(compression),
-                blob: BlobLocation::File {
-                    path: cache.blob_path(&d.digest),
-                    offset: 0,
-                    len: d.size,
-                },
-            });
-        }
+        let layers = super::manifest_layers(&self.name, platform, &manifest, &config, |d, _| {
+            Ok(BlobLocation::File { path: cache.blob_path(&d.digest), offset: 0, len: d.size })
+        })?;
         let mut blobs = vec![desc.digest.clone(), manifest.config.digest.clone()];
         blobs.extend(from_index.iter().cloned());
         let entry = Entry {
