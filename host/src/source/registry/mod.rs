@@ -9,6 +9,7 @@
 //! runtime and the rest of rootbox stays synchronous.
 
 pub mod auth;
+mod bounded;
 mod retry;
 
 use std::collections::{BTreeSet, HashMap};
@@ -35,6 +36,8 @@ use auth::{Creds, Origin};
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const ACCEPT: &[&str] = &[OCI_MANIFEST, spec::OCI_INDEX, DOCKER_MANIFEST, spec::DOCKER_LIST];
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How to reach registries: from `--plain-http` and `--creds`.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +50,8 @@ pub struct Options {
 struct Session {
     rt: tokio::runtime::Runtime,
     client: Client,
+    /// For the requests rootbox makes itself (see `bounded`).
+    http: reqwest::Client,
     auth: RegistryAuth,
     origin: Origin,
     cache: Cache,
@@ -127,20 +132,22 @@ impl Registry {
             } else {
                 ClientProtocol::Https
             },
-            connect_timeout: Some(Duration::from_secs(15)),
-            read_timeout: Some(Duration::from_secs(60)),
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
             user_agent: concat!("rootbox/", env!("CARGO_PKG_VERSION")),
             ..ClientConfig::default()
         };
         let client =
             Client::try_from(config).map_err(|e| self.failure("setting up the HTTP client", &e))?;
+        let http = bounded::http_client(CONNECT_TIMEOUT, READ_TIMEOUT)
+            .map_err(|e| self.failure("setting up the HTTP client", &e))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("rootbox-net")
             .enable_all()
             .build()
             .map_err(|e| SourceError::Invalid(format!("starting the network runtime: {e}")))?;
-        Ok(Session { rt, client, auth, origin, cache })
+        Ok(Session { rt, client, http, auth, origin, cache })
     }
 
     fn failure(&self, what: &str, e: &(dyn std::error::Error + 'static)) -> SourceError {
@@ -217,17 +224,29 @@ impl Registry {
                 s.cache.discard(d, None).map_err(SourceError::Cache)?;
             }
         }
-        let auth = s.auth.clone();
-        let (bytes, _) = s
-            .rt
-            .block_on(self.with_retries(&what, || s.client.pull_manifest_raw(r, &auth, ACCEPT)))?;
-        if bytes.len() as u64 > spec::JSON_MAX {
-            return Err(SourceError::TooLarge {
-                what: format!("{} {what}", self.name),
-                max: spec::JSON_MAX,
-            });
-        }
+        let get = || {
+            bounded::get_manifest(
+                &s.http,
+                &s.client,
+                &s.auth,
+                r,
+                self.opts.plain_http,
+                ACCEPT,
+                spec::JSON_MAX,
+            )
+        };
+        let (bytes, claimed) = match s.rt.block_on(self.with_retries(&what, get))? {
+            bounded::Reply::Body(b, claimed) => (b, claimed),
+            bounded::Reply::TooLarge => {
+                return Err(SourceError::TooLarge {
+                    what: format!("{} {what}", self.name),
+                    max: spec::JSON_MAX,
+                })
+            }
+        };
         let actual = Digest::of(&bytes);
+        // The registry's own Docker-Content-Digest must match too (when it is a sha256).
+        let want = want.or_else(|| claimed.and_then(|c| Digest::parse(&c).ok()));
         if let Some(d) = &want {
             if actual != *d {
                 return Err(SourceError::DigestMismatch {
@@ -247,7 +266,7 @@ impl Registry {
             }
         }
         s.cache.put(&actual, &bytes).map_err(SourceError::Cache)?;
-        Ok((bytes.to_vec(), actual))
+        Ok((bytes, actual))
     }
 
     /// Follows indexes down to the manifest for `platform`. Returns the manifest's descriptor,
