@@ -2,7 +2,8 @@
 //! serving 127.0.0.1 on a free port, storage in a temp dir, optionally behind htpasswd basic
 //! auth; images pushed into it with skopeo. Its access log counts blob downloads. A small
 //! TCP proxy on loopback can slow replies down (to catch a pull in the middle) and cut every
-//! connection at once. Everything stops when dropped. Nothing here talks to any address but
+//! connection at once; an HTTP front can answer chosen requests with faults (5xx, 429, an
+//! endless body). Everything stops when dropped. Nothing here talks to any address but
 //! 127.0.0.1.
 
 use std::ffi::OsString;
@@ -189,8 +190,8 @@ impl Drop for Registry {
     }
 }
 
-/// A loopback TCP proxy in front of a registry: replies throttled to `rate` bytes per second
-/// per connection, bytes counted, every connection cut on [`Proxy::stop`].
+/// A loopback TCP proxy in front of a registry: replies throttled (see [`Rate`]), bytes
+/// counted, every connection cut on [`Proxy::stop`].
 pub struct Proxy {
     pub port: u16,
     stop: Arc<AtomicBool>,
@@ -198,16 +199,49 @@ pub struct Proxy {
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
+/// How a proxy throttles replies.
+#[derive(Debug, Clone, Copy)]
+pub enum Rate {
+    /// Bytes per second for each connection on its own.
+    PerConnection(u64),
+    /// Bytes per second for all connections together, like one network link.
+    Shared(u64),
+}
+
+/// A byte throttle without bursts: each write is due when the link would have carried it
+/// (one per connection, or one shared).
+struct Throttle {
+    rate: u64,
+    free_at: Mutex<Instant>,
+}
+
+impl Throttle {
+    fn new(rate: u64) -> Arc<Throttle> {
+        Arc::new(Throttle { rate: rate.max(1), free_at: Mutex::new(Instant::now()) })
+    }
+
+    /// Books `n` bytes on the link and waits until they have gone through.
+    fn pass(&self, n: usize) {
+        let due = {
+            let Ok(mut free_at) = self.free_at.lock() else { return };
+            let start = (*free_at).max(Instant::now());
+            *free_at = start + Duration::from_secs_f64(n as f64 / self.rate as f64);
+            *free_at
+        };
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+    }
+}
+
 fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
-    rate: Option<u64>,
+    throttle: Option<Arc<Throttle>>,
     count: Option<Arc<AtomicU64>>,
     stop: Arc<AtomicBool>,
 ) {
     let mut buf = vec![0u8; 16 << 10];
-    let start = Instant::now();
-    let mut sent = 0u64;
     loop {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -219,22 +253,23 @@ fn pump(
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
-        sent += n as u64;
         if let Some(c) = &count {
             c.fetch_add(n as u64, Ordering::SeqCst);
         }
-        if let Some(r) = rate {
-            let due = Duration::from_secs_f64(sent as f64 / r as f64);
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                thread::sleep(wait);
-            }
+        if let Some(t) = &throttle {
+            t.pass(n);
         }
     }
     let _ = to.shutdown(Shutdown::Write);
 }
 
 impl Proxy {
+    /// A proxy limiting each connection's replies to `rate` bytes per second.
     pub fn start(upstream: u16, rate: Option<u64>) -> Proxy {
+        Self::start_with(upstream, rate.map(Rate::PerConnection))
+    }
+
+    pub fn start_with(upstream: u16, rate: Option<Rate>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
         let port = listener.local_addr().expect("addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
@@ -242,6 +277,10 @@ impl Proxy {
         let forwarded = Arc::new(AtomicU64::new(0));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let (s, f, c) = (stop.clone(), forwarded.clone(), conns.clone());
+        let shared = match rate {
+            Some(Rate::Shared(r)) => Some(Throttle::new(r)),
+            _ => None,
+        };
         thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 let client = match listener.accept() {
@@ -264,8 +303,13 @@ impl Proxy {
                 }
                 let (c1, u1) = (client.try_clone().expect("clone"), up.try_clone().expect("clone"));
                 let (s1, s2, f2) = (s.clone(), s.clone(), f.clone());
+                let throttle = match rate {
+                    None => None,
+                    Some(Rate::PerConnection(r)) => Some(Throttle::new(r)),
+                    Some(Rate::Shared(_)) => shared.clone(),
+                };
                 thread::spawn(move || pump(c1, u1, None, None, s1));
-                thread::spawn(move || pump(up, client, rate, Some(f2), s2));
+                thread::spawn(move || pump(up, client, throttle, Some(f2), s2));
             }
         });
         Proxy { port, stop, forwarded, conns }
@@ -290,6 +334,173 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// What a faulty registry front answers instead of forwarding a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultReply {
+    /// This status with a short body (429 gets the distribution API's `TOOMANYREQUESTS`).
+    Status(u16),
+    /// 200 with a chunked body that never ends (until the client hangs up or 1 GiB is sent).
+    Endless,
+}
+
+/// Requests whose path contains `path` get `reply`, the first `times` of them.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub path: String,
+    pub times: usize,
+    pub reply: FaultReply,
+}
+
+impl Fault {
+    pub fn new(path: &str, times: usize, reply: FaultReply) -> Fault {
+        Fault { path: path.to_string(), times, reply }
+    }
+}
+
+/// An HTTP front for a registry on loopback that answers chosen requests itself (see
+/// [`Fault`]) and forwards the rest, one request per connection (`Connection: close`, so
+/// every request passes through the fault check). Counts the faults it served and the body
+/// bytes it sent.
+pub struct FaultyFront {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
+}
+
+/// The request head (up to the blank line), or `None` if the client went away first.
+fn read_head(c: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 64 << 10 || c.read(&mut b).ok()? == 0 {
+            return None;
+        }
+        head.push(b[0]);
+    }
+    String::from_utf8(head).ok()
+}
+
+fn answer(mut c: TcpStream, reply: FaultReply, sent: &AtomicU64) {
+    match reply {
+        FaultReply::Status(code) => {
+            let body = if code == 429 {
+                r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down (test fault)"}]}"#
+            } else {
+                "test fault"
+            };
+            let _ = write!(
+                c,
+                "HTTP/1.1 {code} Test Fault\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+        FaultReply::Endless => {
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+                 Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            );
+            let chunk = vec![b' '; 64 << 10];
+            while sent.load(Ordering::SeqCst) < 1 << 30 {
+                if write!(c, "{:x}\r\n", chunk.len()).is_err()
+                    || c.write_all(&chunk).is_err()
+                    || c.write_all(b"\r\n").is_err()
+                {
+                    break;
+                }
+                sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            }
+        }
+    }
+    let _ = c.shutdown(Shutdown::Both);
+}
+
+fn front_one(
+    mut c: TcpStream,
+    upstream: u16,
+    faults: &Mutex<Vec<Fault>>,
+    served: &AtomicU64,
+    sent: &AtomicU64,
+) {
+    let Some(head) = read_head(&mut c) else { return };
+    let path = head.split_whitespace().nth(1).unwrap_or_default().to_string();
+    let fault = faults.lock().ok().and_then(|mut v| {
+        let f = v.iter_mut().find(|f| f.times > 0 && path.contains(&f.path))?;
+        f.times -= 1;
+        Some(f.reply)
+    });
+    if let Some(reply) = fault {
+        served.fetch_add(1, Ordering::SeqCst);
+        return answer(c, reply, sent);
+    }
+    let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
+    let mut lines: Vec<&str> = head
+        .trim_end()
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect();
+    lines.push("Connection: close");
+    if up.write_all(format!("{}\r\n\r\n", lines.join("\r\n")).as_bytes()).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match up.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if c.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                sent.fetch_add(n as u64, Ordering::SeqCst);
+            }
+        }
+    }
+    let _ = c.shutdown(Shutdown::Both);
+}
+
+impl FaultyFront {
+    pub fn start(upstream: u16, faults: Vec<Fault>) -> FaultyFront {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("front bind");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(0));
+        let faults = Arc::new(Mutex::new(faults));
+        let (st, sv, se) = (stop.clone(), served.clone(), sent.clone());
+        thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                let Ok((c, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = c.set_nonblocking(false);
+                let (f, sv, se) = (faults.clone(), sv.clone(), se.clone());
+                thread::spawn(move || front_one(c, upstream, &f, &sv, &se));
+            }
+        });
+        FaultyFront { port, stop, served, sent }
+    }
+
+    /// Requests answered with a fault so far.
+    pub fn faults_served(&self) -> u64 {
+        self.served.load(Ordering::SeqCst)
+    }
+
+    /// Reply bytes sent so far (forwarded replies and fault bodies).
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultyFront {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 

@@ -17,7 +17,7 @@ use rootbox_tests::model::Model;
 use rootbox_tests::oci::{
     Compression, Image, LayerSpec, Written, MT_CONFIG, MT_INDEX, MT_MANIFEST,
 };
-use rootbox_tests::registry::{self, Proxy, Registry};
+use rootbox_tests::registry::{self, Fault, FaultReply, FaultyFront, Proxy, Registry};
 use rootbox_tests::run::{
     expect_dir_holds, expect_failure, expect_fsck_clean, expect_success, json_strings,
     json_summary, Outcome,
@@ -341,6 +341,74 @@ fn registry_basic_auth() {
         no_secret(&o);
         expect_fsck_clean(&out_dir.join("out.ext4"));
     }
+
+    // From credential helpers: `credHelpers` for this registry, then a `credsStore` behind an
+    // empty `auths` placeholder, as `docker login` leaves them. The helper logs what it was
+    // asked; it knows nothing of other servers ("credentials not found": anonymous, refused).
+    let bin = ctx.dir("helper-bin");
+    let asked = ctx.path("helper-asked");
+    let helper = bin.join("docker-credential-rbtest");
+    fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread -r server\necho \"$server\" >> {asked}\n\
+             if [ \"$server\" = \"{host}\" ]; then\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"alice\",\"Secret\":\"{PASS}\"}}' \"$server\"\n\
+             else echo 'credentials not found in native keychain'; exit 1; fi\n",
+            asked = asked.display(),
+            host = reg.host(),
+        ),
+    )
+    .expect("helper");
+    let mut perms = fs::metadata(&helper).expect("helper").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    fs::set_permissions(&helper, perms).expect("chmod helper");
+    let path = std::env::join_paths(
+        std::iter::once(bin.clone())
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
+    .expect("PATH");
+    let path = PathBuf::from(path);
+    let configs = [
+        ("helpers", format!(r#"{{"credHelpers":{{"{}":"rbtest"}}}}"#, reg.host())),
+        ("store", format!(r#"{{"auths":{{"{}":{{}}}},"credsStore":"rbtest"}}"#, reg.host())),
+    ];
+    for (name, config) in configs {
+        let dir = ctx.dir(&format!("config-{name}"));
+        fs::write(dir.join("config.json"), config).expect("config.json");
+        let out_dir = ctx.dir(name);
+        let cache = ctx.cache(name);
+        let o = ctx.pull_vars(
+            &[("XDG_CACHE_HOME", &cache), ("DOCKER_CONFIG", &dir), ("PATH", &path)],
+            &src,
+            &out_dir.join("out.ext4"),
+            &[],
+        );
+        expect_success(&o);
+        no_secret(&o);
+        check_image(
+            &format!("hand-made via {name}"),
+            &out_dir.join("out.ext4"),
+            &handmade::expected(),
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(&asked).expect("helper log"),
+        format!("{0}\n{0}\n", reg.host()),
+        "each helper was asked for this registry once"
+    );
+    // A helper named but missing: a clear error naming the helper and the file.
+    let dir = ctx.dir("config-missing");
+    fs::write(dir.join("config.json"), r#"{"credsStore":"rootbox-absent"}"#).expect("config");
+    let out_dir = ctx.dir("missing");
+    let o = ctx.pull_vars(
+        &[("XDG_CACHE_HOME", &ctx.cache("missing")), ("DOCKER_CONFIG", &dir)],
+        &src,
+        &out_dir.join("out.ext4"),
+        &[],
+    );
+    expect_failure(&o, &[3], &["docker-credential-rootbox-absent is not on $PATH", "config.json"]);
+    expect_dir_holds(&out_dir, &[]);
 }
 
 fn base64_encode(b: &[u8]) -> String {
@@ -515,6 +583,78 @@ fn registry_stopped_mid_pull() {
     let hex = w.layer_digests[0].trim_start_matches("sha256:").to_string();
     assert!(!blob_files(&cache).contains(&hex), "a partial layer is in the cache");
     assert!(partial_files(&cache).is_empty(), "{:?}", partial_files(&cache));
+}
+
+/// Transient failures (503 and 502 on manifests, 429 on blobs) are retried and the pull
+/// succeeds; a blob that keeps failing gives one error naming registry, repository and blob
+/// after a bounded number of tries, with no output and nothing of it in the cache.
+#[test]
+fn registry_retries_transient_failures_then_gives_up() {
+    let ctx = require_registry!();
+    let reg = Registry::start(None);
+    let w = push(&ctx, &reg, &handmade_image(), "hand", "team/hand:v1");
+
+    let front = FaultyFront::start(
+        reg.port,
+        vec![
+            Fault::new("/manifests/", 1, FaultReply::Status(503)),
+            Fault::new("/manifests/", 1, FaultReply::Status(502)),
+            Fault::new("/blobs/", 2, FaultReply::Status(429)),
+        ],
+    );
+    let src = format!("docker://127.0.0.1:{}/team/hand:v1", front.port);
+    let out_dir = ctx.dir("ok");
+    let o = ctx.pull(&ctx.cache("ok"), &src, &out_dir.join("out.ext4"), &[]);
+    expect_success(&o);
+    assert_eq!(front.faults_served(), 4, "every injected fault was met and retried");
+    check_image("hand-made through 5xx and 429", &out_dir.join("out.ext4"), &handmade::expected());
+
+    let bad = &w.layer_digests[1];
+    let front = FaultyFront::start(
+        reg.port,
+        vec![Fault::new(&format!("/blobs/{bad}"), usize::MAX, FaultReply::Status(503))],
+    );
+    let src = format!("docker://127.0.0.1:{}/team/hand:v1", front.port);
+    let cache = ctx.cache("bad");
+    let out_dir = ctx.dir("bad");
+    let t = Instant::now();
+    let o = ctx.pull(&cache, &src, &out_dir.join("out.ext4"), &[]);
+    let took = t.elapsed();
+    expect_failure(
+        &o,
+        &[3],
+        &[
+            &format!("127.0.0.1:{}", front.port),
+            "team/hand",
+            bad,
+            "503",
+            "gave up after 5 attempts",
+        ],
+    );
+    assert_eq!(front.faults_served(), 5, "tries per blob are bounded");
+    assert!(took < Duration::from_secs(30), "backoff is bounded, took {took:?}");
+    expect_dir_holds(&out_dir, &[]);
+    assert!(!blob_files(&cache).contains(&bad.trim_start_matches("sha256:").to_string()));
+    assert!(partial_files(&cache).is_empty(), "{:?}", partial_files(&cache));
+}
+
+/// A registry answering the manifest request with an endless body: refused once the reply
+/// passes the 8 MiB bound on JSON documents, without reading (or holding) the rest.
+#[test]
+fn registry_endless_manifest_is_cut_off() {
+    let ctx = require_registry!();
+    let reg = Registry::start(None);
+    push(&ctx, &reg, &handmade_image(), "hand", "hand:v1");
+    let front =
+        FaultyFront::start(reg.port, vec![Fault::new("/manifests/", 1, FaultReply::Endless)]);
+    let src = format!("docker://127.0.0.1:{}/hand:v1", front.port);
+    let out_dir = ctx.dir("out");
+    let o = ctx.pull(&ctx.cache("c"), &src, &out_dir.join("out.ext4"), &[]);
+    expect_failure(&o, &[3], &["manifest v1", "larger than 8388608 bytes"]);
+    expect_dir_holds(&out_dir, &[]);
+    // Give the front a moment to notice the hang-up, then check how much it got out.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(front.sent() < 32 << 20, "rootbox read {} bytes of an endless manifest", front.sent());
 }
 
 /// Seconds of one pull, checked for success.
