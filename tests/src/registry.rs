@@ -342,8 +342,9 @@ impl Drop for Proxy {
 pub enum FaultReply {
     /// This status with a short body (429 gets the distribution API's `TOOMANYREQUESTS`).
     Status(u16),
-    /// 200 with a chunked body that never ends (until the client hangs up or 1 GiB is sent).
-    Endless,
+    /// This status with a chunked body that never ends (until the client hangs up or 1 GiB
+    /// has gone out).
+    Endless(u16),
 }
 
 /// Requests whose path contains `path` get `reply`, the first `times` of them.
@@ -399,10 +400,10 @@ fn answer(mut c: TcpStream, reply: FaultReply, sent: &AtomicU64) {
                 body.len()
             );
         }
-        FaultReply::Endless => {
+        FaultReply::Endless(code) => {
             let _ = write!(
                 c,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+                "HTTP/1.1 {code} Test Fault\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
                  Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
             );
             let chunk = vec![b' '; 64 << 10];

@@ -638,23 +638,37 @@ fn registry_retries_transient_failures_then_gives_up() {
     assert!(partial_files(&cache).is_empty(), "{:?}", partial_files(&cache));
 }
 
-/// A registry answering the manifest request with an endless body: refused once the reply
-/// passes the 8 MiB bound on JSON documents, without reading (or holding) the rest.
+/// A registry answering with endless bodies: a manifest (refused past the 8 MiB bound on JSON
+/// documents), a blob (cut off at its descriptor's size) and a blob's 500 error reply (read up
+/// to 64 KiB per try). Each time rootbox stops reading: what the front got out stays small.
 #[test]
-fn registry_endless_manifest_is_cut_off() {
+fn registry_endless_replies_are_cut_off() {
     let ctx = require_registry!();
     let reg = Registry::start(None);
-    push(&ctx, &reg, &handmade_image(), "hand", "hand:v1");
-    let front =
-        FaultyFront::start(reg.port, vec![Fault::new("/manifests/", 1, FaultReply::Endless)]);
-    let src = format!("docker://127.0.0.1:{}/hand:v1", front.port);
-    let out_dir = ctx.dir("out");
-    let o = ctx.pull(&ctx.cache("c"), &src, &out_dir.join("out.ext4"), &[]);
-    expect_failure(&o, &[3], &["manifest v1", "larger than 8388608 bytes"]);
-    expect_dir_holds(&out_dir, &[]);
-    // Give the front a moment to notice the hang-up, then check how much it got out.
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(front.sent() < 32 << 20, "rootbox read {} bytes of an endless manifest", front.sent());
+    let w = push(&ctx, &reg, &handmade_image(), "hand", "hand:v1");
+    let layer = &w.layer_digests[0];
+    let cases = [
+        ("manifest", "/manifests/", 200, vec!["manifest v1", "larger than 8388608 bytes"]),
+        ("blob", layer.as_str(), 200, vec!["layer 1", "size mismatch"]),
+        ("error", layer.as_str(), 500, vec![layer.as_str(), "500", "gave up after 5 attempts"]),
+    ];
+    for (name, path, code, expect) in cases {
+        let front = FaultyFront::start(
+            reg.port,
+            vec![Fault::new(path, usize::MAX, FaultReply::Endless(code))],
+        );
+        let src = format!("docker://127.0.0.1:{}/hand:v1", front.port);
+        let out_dir = ctx.dir(name);
+        let cache = ctx.cache(name);
+        let o = ctx.pull(&cache, &src, &out_dir.join("out.ext4"), &[]);
+        expect_failure(&o, &[3], &expect);
+        expect_dir_holds(&out_dir, &[]);
+        assert!(partial_files(&cache).is_empty(), "{name}: {:?}", partial_files(&cache));
+        // Give the front a moment to notice the hang-up, then check how much it got out.
+        std::thread::sleep(Duration::from_millis(300));
+        let sent = front.sent();
+        assert!(sent < 32 << 20, "{name}: rootbox read {sent} bytes of endless replies");
+    }
 }
 
 /// Seconds of one pull, checked for success.

@@ -19,7 +19,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
+use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -50,8 +50,8 @@ pub struct Options {
 struct Session {
     rt: tokio::runtime::Runtime,
     client: Client,
-    /// For the requests rootbox makes itself (see `bounded`).
-    http: reqwest::Client,
+    /// The GETs themselves, bounded (see `bounded`); `client` gives them its auth flow.
+    http: bounded::Http,
     auth: RegistryAuth,
     origin: Origin,
     cache: Cache,
@@ -139,7 +139,7 @@ impl Registry {
         };
         let client =
             Client::try_from(config).map_err(|e| self.failure("setting up the HTTP client", &e))?;
-        let http = bounded::http_client(CONNECT_TIMEOUT, READ_TIMEOUT)
+        let http = bounded::Http::new(self.opts.plain_http, CONNECT_TIMEOUT, READ_TIMEOUT)
             .map_err(|e| self.failure("setting up the HTTP client", &e))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -224,17 +224,7 @@ impl Registry {
                 s.cache.discard(d, None).map_err(SourceError::Cache)?;
             }
         }
-        let get = || {
-            bounded::get_manifest(
-                &s.http,
-                &s.client,
-                &s.auth,
-                r,
-                self.opts.plain_http,
-                ACCEPT,
-                spec::JSON_MAX,
-            )
-        };
+        let get = || s.http.manifest(&s.client, &s.auth, r, ACCEPT, spec::JSON_MAX);
         let (bytes, claimed) = match s.rt.block_on(self.with_retries(&what, get))? {
             bounded::Reply::Body(b, claimed) => (b, claimed),
             bounded::Reply::TooLarge => {
@@ -366,47 +356,35 @@ impl Registry {
         let mut check = inline.map(|(c, cap)| Inline::new(c, cap));
         let mut written = 0u64;
         let mut attempt = 1;
-        s.client.store_auth_if_needed(self.reference.resolve_registry(), &s.auth).await;
         let io = |e: std::io::Error| SourceError::Io {
             what: what.clone(),
             path: temp_path_hint(d),
             source: e,
         };
+        let digest = d.to_string();
         loop {
             let step: std::result::Result<bool, OciDistributionError> = async {
-                let stream = if written == 0 {
-                    s.client.pull_blob_stream(&self.reference, d.to_string().as_str()).await?
-                } else {
-                    match s
-                        .client
-                        .pull_blob_stream_partial(
-                            &self.reference,
-                            d.to_string().as_str(),
-                            written,
-                            None,
-                        )
-                        .await?
-                    {
-                        BlobResponse::Partial(st) => st,
-                        BlobResponse::Full(st) => {
+                let reply = s.http.blob(&s.client, &s.auth, &self.reference, &digest, written);
+                let res = match reply.await? {
+                    bounded::Blob::Partial(res) => res,
+                    bounded::Blob::Full(res) => {
+                        if written > 0 {
                             // No range support: start over.
                             written = 0;
                             hasher = Sha256::new();
                             check = inline.map(|(c, cap)| Inline::new(c, cap));
                             temp.as_file_mut().set_len(0)?;
                             std::io::Seek::rewind(temp.as_file_mut())?;
-                            st
+                            if let Some(b) = bar {
+                                b.set(0, "restarting");
+                            }
                         }
+                        res
                     }
                 };
-                let mut stream = stream;
+                let mut stream = res.bytes_stream();
                 while let Some(chunk) = stream.next().await {
-                    let chunk = match chunk {
-                        Ok(c) => c,
-                        // oci-client's own digest check at the end: ours reports it below.
-                        Err(e) if is_digest_error(&e) => break,
-                        Err(e) => return Err(OciDistributionError::IoError(e)),
-                    };
+                    let chunk = chunk?;
                     if written + chunk.len() as u64 > size {
                         return Ok(false);
                     }
@@ -569,10 +547,6 @@ impl Inline {
 
 fn temp_path_hint(d: &Digest) -> std::path::PathBuf {
     Cache::default_dir().map(|r| r.join(".rootbox/ingest").join(d.hex())).unwrap_or_default()
-}
-
-fn is_digest_error(e: &std::io::Error) -> bool {
-    e.get_ref().is_some_and(|i| i.is::<oci_client::errors::DigestError>())
 }
 
 fn is_loopback(registry: &str) -> bool {
