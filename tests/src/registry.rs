@@ -361,15 +361,33 @@ impl Fault {
     }
 }
 
+/// A bearer-token gate: `/v2/` requests without `Authorization: Bearer TOKEN` get a `401`
+/// challenge naming this front's `/token` realm, which hands out TOKEN (to `creds` only,
+/// when set, checked as basic auth), as the distribution token flow does.
+#[derive(Debug, Clone)]
+pub struct TokenGate {
+    pub token: String,
+    pub creds: Option<(String, String)>,
+}
+
 /// An HTTP front for a registry on loopback that answers chosen requests itself (see
-/// [`Fault`]) and forwards the rest, one request per connection (`Connection: close`, so
-/// every request passes through the fault check). Counts the faults it served and the body
-/// bytes it sent.
+/// [`Fault`]), optionally behind a [`TokenGate`], and forwards the rest, one request per
+/// connection (`Connection: close`, so every request passes through the checks). Counts the
+/// faults it served, the tokens it handed out and the body bytes it sent.
 pub struct FaultyFront {
     pub port: u16,
     stop: Arc<AtomicBool>,
-    served: Arc<AtomicU64>,
-    sent: Arc<AtomicU64>,
+    state: Arc<FrontState>,
+}
+
+struct FrontState {
+    upstream: u16,
+    port: u16,
+    faults: Mutex<Vec<Fault>>,
+    gate: Option<TokenGate>,
+    served: AtomicU64,
+    tokens: AtomicU64,
+    sent: AtomicU64,
 }
 
 /// The request head (up to the blank line), or `None` if the client went away first.
@@ -421,24 +439,60 @@ fn answer(mut c: TcpStream, reply: FaultReply, sent: &AtomicU64) {
     let _ = c.shutdown(Shutdown::Both);
 }
 
-fn front_one(
-    mut c: TcpStream,
-    upstream: u16,
-    faults: &Mutex<Vec<Fault>>,
-    served: &AtomicU64,
-    sent: &AtomicU64,
-) {
+fn reply(mut c: TcpStream, status: &str, headers: &str, body: &str) {
+    let _ = write!(
+        c,
+        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = c.shutdown(Shutdown::Both);
+}
+
+fn header_of<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.split("\r\n").find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn front_one(mut c: TcpStream, st: &FrontState) {
     let Some(head) = read_head(&mut c) else { return };
     let path = head.split_whitespace().nth(1).unwrap_or_default().to_string();
-    let fault = faults.lock().ok().and_then(|mut v| {
+    let fault = st.faults.lock().ok().and_then(|mut v| {
         let f = v.iter_mut().find(|f| f.times > 0 && path.contains(&f.path))?;
         f.times -= 1;
         Some(f.reply)
     });
-    if let Some(reply) = fault {
-        served.fetch_add(1, Ordering::SeqCst);
-        return answer(c, reply, sent);
+    if let Some(r) = fault {
+        st.served.fetch_add(1, Ordering::SeqCst);
+        return answer(c, r, &st.sent);
     }
+    if let Some(gate) = &st.gate {
+        let auth = header_of(&head, "authorization").unwrap_or_default();
+        if path.starts_with("/token") {
+            let allowed = gate.creds.as_ref().is_none_or(|(u, p)| {
+                auth == format!("Basic {}", base64(format!("{u}:{p}").as_bytes()))
+            });
+            if !allowed {
+                return reply(c, "401 Unauthorized", "", r#"{"details":"wrong credentials"}"#);
+            }
+            st.tokens.fetch_add(1, Ordering::SeqCst);
+            let body =
+                format!(r#"{{"token":"{0}","access_token":"{0}","expires_in":300}}"#, gate.token);
+            return reply(c, "200 OK", "Content-Type: application/json\r\n", &body);
+        }
+        if path.starts_with("/v2/") && auth != format!("Bearer {}", gate.token) {
+            let challenge = format!(
+                "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{}/token\",service=\"rootbox-test\"\r\n",
+                st.port
+            );
+            let body =
+                r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+            return reply(c, "401 Unauthorized", &challenge, body);
+        }
+    }
+    let upstream = st.upstream;
+    let sent = &st.sent;
     let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
     let mut lines: Vec<&str> = head
         .trim_end()
@@ -466,14 +520,24 @@ fn front_one(
 
 impl FaultyFront {
     pub fn start(upstream: u16, faults: Vec<Fault>) -> FaultyFront {
+        Self::start_gated(upstream, faults, None)
+    }
+
+    pub fn start_gated(upstream: u16, faults: Vec<Fault>, gate: Option<TokenGate>) -> FaultyFront {
         let listener = TcpListener::bind("127.0.0.1:0").expect("front bind");
         let port = listener.local_addr().expect("addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
-        let served = Arc::new(AtomicU64::new(0));
-        let sent = Arc::new(AtomicU64::new(0));
-        let faults = Arc::new(Mutex::new(faults));
-        let (st, sv, se) = (stop.clone(), served.clone(), sent.clone());
+        let state = Arc::new(FrontState {
+            upstream,
+            port,
+            faults: Mutex::new(faults),
+            gate,
+            served: AtomicU64::new(0),
+            tokens: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+        });
+        let (st, state2) = (stop.clone(), state.clone());
         thread::spawn(move || {
             while !st.load(Ordering::SeqCst) {
                 let Ok((c, _)) = listener.accept() else {
@@ -481,21 +545,26 @@ impl FaultyFront {
                     continue;
                 };
                 let _ = c.set_nonblocking(false);
-                let (f, sv, se) = (faults.clone(), sv.clone(), se.clone());
-                thread::spawn(move || front_one(c, upstream, &f, &sv, &se));
+                let s = state2.clone();
+                thread::spawn(move || front_one(c, &s));
             }
         });
-        FaultyFront { port, stop, served, sent }
+        FaultyFront { port, stop, state }
     }
 
     /// Requests answered with a fault so far.
     pub fn faults_served(&self) -> u64 {
-        self.served.load(Ordering::SeqCst)
+        self.state.served.load(Ordering::SeqCst)
+    }
+
+    /// Tokens handed out so far.
+    pub fn tokens_issued(&self) -> u64 {
+        self.state.tokens.load(Ordering::SeqCst)
     }
 
     /// Reply bytes sent so far (forwarded replies and fault bodies).
     pub fn sent(&self) -> u64 {
-        self.sent.load(Ordering::SeqCst)
+        self.state.sent.load(Ordering::SeqCst)
     }
 }
 
@@ -503,6 +572,25 @@ impl Drop for FaultyFront {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
+}
+
+/// Standard base64 with padding (auth files, basic auth headers).
+pub fn base64(b: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
 }
 
 /// `env VAR=VALUE... rootbox ARGS...`: rootbox with its own cache and auth environment.

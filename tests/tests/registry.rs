@@ -17,7 +17,7 @@ use rootbox_tests::model::Model;
 use rootbox_tests::oci::{
     Compression, Image, LayerSpec, Written, MT_CONFIG, MT_INDEX, MT_MANIFEST,
 };
-use rootbox_tests::registry::{self, Fault, FaultReply, FaultyFront, Proxy, Registry};
+use rootbox_tests::registry::{self, Fault, FaultReply, FaultyFront, Proxy, Registry, TokenGate};
 use rootbox_tests::run::{
     expect_dir_holds, expect_failure, expect_fsck_clean, expect_success, json_strings,
     json_summary, Outcome,
@@ -319,7 +319,7 @@ fn registry_basic_auth() {
     let auth = format!(
         r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#,
         reg.host(),
-        base64_encode(format!("alice:{PASS}").as_bytes())
+        registry::base64(format!("alice:{PASS}").as_bytes())
     );
     let auth_file = ctx.path("auth.json");
     fs::write(&auth_file, &auth).expect("auth file");
@@ -409,24 +409,6 @@ fn registry_basic_auth() {
     );
     expect_failure(&o, &[3], &["docker-credential-rootbox-absent is not on $PATH", "config.json"]);
     expect_dir_holds(&out_dir, &[]);
-}
-
-fn base64_encode(b: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                s.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
 }
 
 #[test]
@@ -671,6 +653,50 @@ fn registry_endless_replies_are_cut_off() {
     }
 }
 
+/// The bearer-token flow as the distribution spec has it: a `401` challenge names a token
+/// realm, the token is fetched with the basic credentials and then sent on every request.
+/// Right credentials pull (few token requests: the token is kept), wrong ones are refused
+/// clearly, and an endless token reply is cut off.
+#[test]
+fn registry_bearer_token_flow() {
+    let ctx = require_registry!();
+    let reg = Registry::start(None);
+    push(&ctx, &reg, &handmade_image(), "hand", "team/hand:v1");
+    const PASS: &str = "t0ken-Pa55";
+    let gate = TokenGate { token: "tok-123".into(), creds: Some(("bob".into(), PASS.into())) };
+
+    let front = FaultyFront::start_gated(reg.port, vec![], Some(gate.clone()));
+    let src = format!("docker://127.0.0.1:{}/team/hand:v1", front.port);
+    let out_dir = ctx.dir("ok");
+    let creds = format!("bob:{PASS}");
+    let o = ctx.pull(&ctx.cache("ok"), &src, &out_dir.join("out.ext4"), &["--creds", &creds]);
+    expect_success(&o);
+    assert!(!o.stderr.contains(PASS) && !o.stderr.contains("tok-123"), "{}", o.describe());
+    check_image("hand-made via a bearer token", &out_dir.join("out.ext4"), &handmade::expected());
+    let tokens = front.tokens_issued();
+    assert!((1..=4).contains(&tokens), "{tokens} token requests for one pull");
+
+    let out_dir = ctx.dir("wrong");
+    let o =
+        ctx.pull(&ctx.cache("wrong"), &src, &out_dir.join("out.ext4"), &["--creds", "bob:nope"]);
+    expect_failure(&o, &[3], &["refused access", "team/hand", "--creds"]);
+    assert!(!o.stderr.contains("nope"), "{}", o.describe());
+    expect_dir_holds(&out_dir, &[]);
+
+    let front = FaultyFront::start_gated(
+        reg.port,
+        vec![Fault::new("/token", usize::MAX, FaultReply::Endless(200))],
+        Some(gate),
+    );
+    let src = format!("docker://127.0.0.1:{}/team/hand:v1", front.port);
+    let out_dir = ctx.dir("endless");
+    let o = ctx.pull(&ctx.cache("endless"), &src, &out_dir.join("out.ext4"), &["--creds", &creds]);
+    expect_failure(&o, &[3], &["token", "larger than 1048576 bytes"]);
+    expect_dir_holds(&out_dir, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(front.sent() < 32 << 20, "rootbox read {} bytes of an endless token", front.sent());
+}
+
 /// Seconds of one pull, checked for success.
 fn timed(ctx: &Ctx, cache: &Path, src: &str, name: &str, extra: &[&str]) -> (f64, PathBuf) {
     let out = ctx.dir(name).join("out.ext4");
@@ -682,10 +708,10 @@ fn timed(ctx: &Ctx, cache: &Path, src: &str, name: &str, extra: &[&str]) -> (f64
 }
 
 /// The Debian minbase image (three gzip layers) through the registry: checked field by field,
-/// and timed: cold vs warm, and streamed into the build vs downloaded first, direct and
-/// through a proxy limited to 16 MiB/s per connection. Prints the figures.
+/// cold and warm (the warm pull downloads no blob), and with `--fetch-first`. Prints the
+/// times; what pipelining gains is measured by `make bench-pull`, not here.
 #[test]
-fn registry_debian_minbase_cold_warm_pipelined() {
+fn registry_debian_minbase_cold_warm() {
     let ctx = require_registry!();
     let tar =
         fs::read(debian::ensure_tar(&ctx.env.workspace).expect("Debian fixture")).expect("tar");
@@ -704,20 +730,21 @@ fn registry_debian_minbase_cold_warm_pipelined() {
     let (warm, out) = timed(&ctx, &ctx.cache("a"), &src, "warm", &[]);
     assert_eq!(reg.blob_gets(), mid, "the warm pull downloaded a blob");
     check_image("Debian via docker:// (warm)", &out, &expected);
-    let (first, out) = timed(&ctx, &ctx.cache("b"), &src, "fetch-first", &["--fetch-first"]);
-    expect_fsck_clean(&out);
-
-    let proxy = Proxy::start(reg.port, Some(16 << 20));
-    let slow = format!("docker://127.0.0.1:{}/debian:bookworm", proxy.port);
-    let (slow_piped, out) = timed(&ctx, &ctx.cache("c"), &slow, "slow-piped", &[]);
-    expect_fsck_clean(&out);
-    let (slow_first, out) = timed(&ctx, &ctx.cache("d"), &slow, "slow-first", &["--fetch-first"]);
-    expect_fsck_clean(&out);
+    let (first, out_first) = timed(&ctx, &ctx.cache("b"), &src, "fetch-first", &["--fetch-first"]);
+    check_image("Debian via docker:// (--fetch-first)", &out_first, &expected);
+    // Streaming starts from a scratch filesystem sized for the worst case (32 × compressed);
+    // the shrink must still reach what the exactly sized one reaches (the journal, sized
+    // from the estimate, may be 16 MiB larger).
+    let size = |p: &Path| fs::metadata(p).expect("output").len();
+    let (streamed, exact) = (size(&out), size(&out_first));
+    assert!(
+        streamed <= exact + exact / 10,
+        "the streamed pull's image is {streamed} bytes, the --fetch-first one {exact}"
+    );
     let compressed: usize = image.layers.iter().map(|l| l.blob.len()).sum();
     eprintln!(
-        "registry timings (Debian minbase, 3 gzip layers, {:.1} MiB compressed):\n\
-         \x20 loopback:           cold {cold:.2} s, warm {warm:.2} s, download-then-build {first:.2} s\n\
-         \x20 16 MiB/s per conn:  pipelined {slow_piped:.2} s, download-then-build {slow_first:.2} s",
+        "registry timings (Debian minbase, 3 gzip layers, {:.1} MiB compressed, loopback): \
+         cold {cold:.2} s, warm {warm:.2} s, cold --fetch-first {first:.2} s",
         compressed as f64 / f64::from(1 << 20)
     );
 }

@@ -1,23 +1,25 @@
 //! The registry GETs of a pull (manifests, indexes, blobs), every reply read up to a bound.
 //!
-//! oci-client collects whole bodies before returning them (a manifest; the error reply to a
-//! blob request), so a hostile registry could answer with gigabytes, or an endless chunked
-//! body, and exhaust memory before rootbox saw a size. These requests are made here instead:
-//! the bearer token comes from oci-client's auth flow (`Client::auth`), the URLs are the
-//! distribution API's, a manifest is read chunk by chunk and abandoned past its bound, a blob
-//! is handed back as a stream its caller cuts off at the descriptor's size, and error replies
-//! are read up to [`ERROR_BODY_MAX`] for their message. Failures come back as oci-client's
-//! own error type so retries and messages treat them all alike.
+//! oci-client collects whole bodies before returning them (a manifest, the error reply to a
+//! blob request, a token reply), so a hostile registry could answer with gigabytes, or an
+//! endless chunked body, and exhaust memory before rootbox saw a size. These requests, and
+//! the token flow (`token`), are made here instead; oci-client parses the references. A
+//! manifest is read chunk by chunk and abandoned past its bound, a blob is handed back as a
+//! stream its caller cuts off at the descriptor's size, and error replies are read up to
+//! [`ERROR_BODY_MAX`] for their message. Failures come back as oci-client's error type, so
+//! retries and messages treat them all alike.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use oci_client::errors::{OciDistributionError, OciEnvelope};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference, RegistryOperation};
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, RANGE};
+use oci_client::Reference;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, RANGE, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
+
+use super::token::{self, Challenge};
 
 /// The part of an error reply kept for its message.
 pub const ERROR_BODY_MAX: usize = 64 << 10;
@@ -39,15 +41,20 @@ pub enum Blob {
     Partial(reqwest::Response),
 }
 
-/// The HTTP side of one registry session: a reqwest client configured like oci-client's, the
-/// scheme, and the bearer token oci-client's auth flow gave (fetched once, again on a 401).
+/// The credential a request goes out with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cred {
+    None,
+    Bearer(String),
+    Basic,
+}
+
+/// The HTTP side of one registry session: a reqwest client, the scheme, and the credential
+/// the registry's last challenge asked for (a bearer token, or the basic credentials).
 pub struct Http {
     client: reqwest::Client,
     plain_http: bool,
-    /// `None`: not asked yet; `Some(None)`: the registry wants no token.
-    token: tokio::sync::Mutex<Option<Option<String>>>,
-    /// The registry asked for basic credentials once: send them up front from then on.
-    basic: AtomicBool,
+    cred: Mutex<Cred>,
 }
 
 impl Http {
@@ -57,12 +64,7 @@ impl Http {
             .connect_timeout(connect)
             .read_timeout(read)
             .build()?;
-        Ok(Http {
-            client,
-            plain_http,
-            token: tokio::sync::Mutex::new(None),
-            basic: AtomicBool::new(false),
-        })
+        Ok(Http { client, plain_http, cred: Mutex::new(Cred::None) })
     }
 
     fn url(&self, r: &Reference, kind: &str, target: &str) -> String {
@@ -71,59 +73,62 @@ impl Http {
         format!("{scheme}://{}/v2/{}/{kind}/{target}{ns}", r.resolve_registry(), r.repository())
     }
 
-    async fn token(
-        &self,
-        oci: &Client,
-        auth: &RegistryAuth,
-        r: &Reference,
-        renew: bool,
-    ) -> Result<Option<String>, OciDistributionError> {
-        let mut t = self.token.lock().await;
-        if renew || t.is_none() {
-            *t = Some(oci.auth(r, auth, RegistryOperation::Pull).await?);
-        }
-        Ok(t.clone().flatten())
+    fn cred(&self) -> Cred {
+        self.cred.lock().map(|c| c.clone()).unwrap_or(Cred::None)
     }
 
-    /// GETs `url` with `headers`, authenticated: the bearer token when the registry uses one
-    /// (renewed once if refused), basic credentials only when the registry asks for them.
+    /// GETs `url` with `headers`. A `401` is answered once as its challenge asks: with a new
+    /// bearer token (see `token`), or with the basic credentials; later requests start with
+    /// that credential.
     async fn get(
         &self,
-        oci: &Client,
         auth: &RegistryAuth,
         r: &Reference,
         url: &str,
         headers: HeaderMap,
     ) -> Result<reqwest::Response, OciDistributionError> {
-        let send = |token: Option<String>, basic: bool| {
+        let send = |cred: &Cred| {
             let mut b = self.client.get(url).headers(headers.clone());
-            if let Some(t) = token {
-                b = b.bearer_auth(t);
-            } else if let (true, RegistryAuth::Basic(u, p)) = (basic, auth) {
-                b = b.basic_auth(u, Some(p));
+            match (cred, auth) {
+                (Cred::Bearer(t), _) => b = b.bearer_auth(t),
+                (Cred::Basic, RegistryAuth::Basic(u, p)) => b = b.basic_auth(u, Some(p)),
+                _ => {}
             }
             b.send()
         };
-        let token = self.token(oci, auth, r, false).await?;
-        let res = send(token.clone(), self.basic.load(Ordering::Relaxed)).await?;
+        let cred = self.cred();
+        let res = send(&cred).await?;
         if res.status() != StatusCode::UNAUTHORIZED {
             return Ok(res);
         }
-        if token.is_some() {
-            let renewed = self.token(oci, auth, r, true).await?;
-            return Ok(send(renewed, false).await?);
+        let next = match res.headers().get(WWW_AUTHENTICATE).and_then(token::parse) {
+            Some(Challenge::Bearer { realm, service }) => {
+                let repo = r.repository();
+                let t = token::fetch(
+                    &self.client,
+                    &realm,
+                    service.as_deref(),
+                    repo,
+                    auth,
+                    self.plain_http,
+                );
+                Cred::Bearer(t.await?)
+            }
+            Some(Challenge::Basic) if matches!(auth, RegistryAuth::Basic(..)) => Cred::Basic,
+            _ => return Ok(res),
+        };
+        if next == cred && next == Cred::Basic {
+            return Ok(res);
         }
-        if matches!(auth, RegistryAuth::Basic(..)) && !self.basic.load(Ordering::Relaxed) {
-            self.basic.store(true, Ordering::Relaxed);
-            return Ok(send(None, true).await?);
+        if let Ok(mut c) = self.cred.lock() {
+            *c = next.clone();
         }
-        Ok(res)
+        Ok(send(&next).await?)
     }
 
     /// GETs the manifest `r` names, accepting `accept`, reading at most `max` bytes of it.
     pub async fn manifest(
         &self,
-        oci: &Client,
         auth: &RegistryAuth,
         r: &Reference,
         accept: &[&str],
@@ -133,7 +138,7 @@ impl Http {
         let url = self.url(r, "manifests", target);
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, header_value(&accept.join(", "))?);
-        let res = self.get(oci, auth, r, &url, headers).await?;
+        let res = self.get(auth, r, &url, headers).await?;
         let status = res.status();
         let digest = header(res.headers(), "docker-content-digest");
         if status != StatusCode::OK {
@@ -156,7 +161,6 @@ impl Http {
     /// GETs blob `digest` of the repository `r` names, from byte `offset` on.
     pub async fn blob(
         &self,
-        oci: &Client,
         auth: &RegistryAuth,
         r: &Reference,
         digest: &str,
@@ -167,7 +171,7 @@ impl Http {
         if offset > 0 {
             headers.insert(RANGE, header_value(&format!("bytes={offset}-"))?);
         }
-        let res = self.get(oci, auth, r, &url, headers).await?;
+        let res = self.get(auth, r, &url, headers).await?;
         match res.status() {
             StatusCode::OK => Ok(Blob::Full(res)),
             StatusCode::PARTIAL_CONTENT if offset > 0 => {
@@ -203,7 +207,7 @@ fn header(h: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// The body, or `None` once it passes `max` bytes (the rest is never read).
-async fn read_bounded(
+pub async fn read_bounded(
     res: reqwest::Response,
     max: u64,
 ) -> Result<Option<Vec<u8>>, OciDistributionError> {
@@ -220,7 +224,7 @@ async fn read_bounded(
 }
 
 /// The error oci-client would have made of this reply, so `retry` classifies it the same way.
-fn error_for(status: StatusCode, body: &[u8], url: &str) -> OciDistributionError {
+pub fn error_for(status: StatusCode, body: &[u8], url: &str) -> OciDistributionError {
     let message = || String::from_utf8_lossy(body).chars().take(512).collect::<String>();
     match status {
         StatusCode::UNAUTHORIZED => OciDistributionError::UnauthorizedError { url: url.into() },

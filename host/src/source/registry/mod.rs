@@ -1,16 +1,18 @@
 //! `docker://REGISTRY/REPO[:TAG|@sha256:…]` and bare references (`debian:bookworm` →
-//! `docker.io/library/debian:bookworm`), pulled through oci-client into the blob cache.
+//! `docker.io/library/debian:bookworm`, oci-client's `Reference`), pulled into the blob cache
+//! with bounded requests (`bounded`, `token`).
 //!
 //! `resolve` fetches the manifest (or index, then the manifest for `--platform`) and the config,
 //! and returns layers located at their cache paths; `fetch` downloads one layer into the cache
 //! when it is not there yet, so the pull can ship layer i while later ones download. Every
 //! document and blob is checked against its digest and size before it is renamed into the
-//! cache; registry replies are hostile. oci-client is async: this source owns a small tokio
-//! runtime and the rest of rootbox stays synchronous.
+//! cache; registry replies are hostile. The HTTP client is async: this source owns a small
+//! tokio runtime and the rest of rootbox stays synchronous.
 
 pub mod auth;
 mod bounded;
 mod retry;
+mod token;
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -19,10 +21,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::Reference;
 use sha2::{Digest as _, Sha256};
 
 use super::spec::{self, Compression, Descriptor, Index, Manifest, PlatformSpec};
@@ -46,11 +47,10 @@ pub struct Options {
     pub creds: Option<Creds>,
 }
 
-/// The client, credentials and cache, made on first use.
+/// The HTTP side, credentials and cache, made on first use.
 struct Session {
     rt: tokio::runtime::Runtime,
-    client: Client,
-    /// The GETs themselves, bounded (see `bounded`); `client` gives them its auth flow.
+    /// Every request of the pull, bounded (see `bounded`).
     http: bounded::Http,
     auth: RegistryAuth,
     origin: Origin,
@@ -126,19 +126,6 @@ impl Registry {
                 "rootbox: warning: --plain-http: talking to {registry} unencrypted (meant for a registry on loopback)"
             );
         }
-        let config = ClientConfig {
-            protocol: if self.opts.plain_http {
-                ClientProtocol::HttpsExcept(vec![registry])
-            } else {
-                ClientProtocol::Https
-            },
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
-            user_agent: concat!("rootbox/", env!("CARGO_PKG_VERSION")),
-            ..ClientConfig::default()
-        };
-        let client =
-            Client::try_from(config).map_err(|e| self.failure("setting up the HTTP client", &e))?;
         let http = bounded::Http::new(self.opts.plain_http, CONNECT_TIMEOUT, READ_TIMEOUT)
             .map_err(|e| self.failure("setting up the HTTP client", &e))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -147,7 +134,7 @@ impl Registry {
             .enable_all()
             .build()
             .map_err(|e| SourceError::Invalid(format!("starting the network runtime: {e}")))?;
-        Ok(Session { rt, client, http, auth, origin, cache })
+        Ok(Session { rt, http, auth, origin, cache })
     }
 
     fn failure(&self, what: &str, e: &(dyn std::error::Error + 'static)) -> SourceError {
@@ -224,7 +211,7 @@ impl Registry {
                 s.cache.discard(d, None).map_err(SourceError::Cache)?;
             }
         }
-        let get = || s.http.manifest(&s.client, &s.auth, r, ACCEPT, spec::JSON_MAX);
+        let get = || s.http.manifest(&s.auth, r, ACCEPT, spec::JSON_MAX);
         let (bytes, claimed) = match s.rt.block_on(self.with_retries(&what, get))? {
             bounded::Reply::Body(b, claimed) => (b, claimed),
             bounded::Reply::TooLarge => {
@@ -364,7 +351,7 @@ impl Registry {
         let digest = d.to_string();
         loop {
             let step: std::result::Result<bool, OciDistributionError> = async {
-                let reply = s.http.blob(&s.client, &s.auth, &self.reference, &digest, written);
+                let reply = s.http.blob(&s.auth, &self.reference, &digest, written);
                 let res = match reply.await? {
                     bounded::Blob::Partial(res) => res,
                     bounded::Blob::Full(res) => {
