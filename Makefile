@@ -14,7 +14,7 @@ FIXTURE_BIN  := $(CURDIR)/target/release/rootbox-fixture
 APT_PACKAGES := e2fsprogs debootstrap busybox-static zstd tar gzip binutils util-linux ca-certificates \
                 qemu-system-x86 cpio docker-registry skopeo apache2-utils
 
-.PHONY: all setup build worker image vsock-tool demo test unit lint fmt bench clean
+.PHONY: all setup build worker image vsock-tool demo test unit lint fmt bench bench-pull clean
 
 all: build image
 
@@ -95,3 +95,13 @@ bench: build image
 	tests/fixtures/debian-minbase.sh $(FIXTURES)
 	ROOTBOX=$(ROOTBOX) ROOTBOX_WORKER_IMAGE=$(IMAGE_DIR) BENCH_OUT=$(BUILD)/bench \
 	  python3 tests/bench/bench.py
+	$(MAKE) --no-print-directory bench-pull
+
+## bench-pull: a registry pull streamed into the build vs downloaded first, through a loopback
+## link limited so the download takes about as long as the build (tests/bench/README.md).
+## PULL_BENCH_LAYERS (8), PULL_BENCH_RUNS (3), PULL_BENCH_ISOLATION (container).
+PULL_BENCH := $(CURDIR)/target/release/rootbox-pull-bench
+bench-pull: setup build image
+	tests/fixtures/debian-minbase.sh $(FIXTURES)
+	ROOTBOX_BIN=$(ROOTBOX) ROOTBOX_WORKER_IMAGE=$(IMAGE_DIR) \
+	  $(PULL_BENCH) $${PULL_BENCH_LAYERS:-8} $${PULL_BENCH_RUNS:-3} $${PULL_BENCH_ISOLATION:-container}
