@@ -138,6 +138,15 @@ fn partial_files(cache: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A failed pull left nothing: no output beside it, `digest` not in the cache, no partial
+/// download.
+fn expect_nothing_left(out_dir: &Path, cache: &Path, digest: &str) {
+    expect_dir_holds(out_dir, &[]);
+    let hex = digest.trim_start_matches("sha256:").to_string();
+    assert!(!blob_files(cache).contains(&hex), "{digest} is in the cache");
+    assert!(partial_files(cache).is_empty(), "partial downloads: {:?}", partial_files(cache));
+}
+
 fn cache_refs(cache: &Path) -> Vec<String> {
     let idx: serde_json::Value = fs::read(cache.join("rootbox/oci/index.json"))
         .ok()
@@ -432,12 +441,7 @@ fn registry_tampered_blob_is_refused_and_not_cached() {
         &[],
     );
     expect_failure(&o, &[3], &["digest mismatch", bad]);
-    expect_dir_holds(&out_dir, &[]);
-    assert!(
-        !blob_files(&cache).contains(&bad.trim_start_matches("sha256:").to_string()),
-        "bad blob cached"
-    );
-    assert!(partial_files(&cache).is_empty(), "{:?}", partial_files(&cache));
+    expect_nothing_left(&out_dir, &cache, bad);
     assert!(cache_refs(&cache).is_empty(), "an incomplete image was recorded");
 }
 
@@ -561,10 +565,7 @@ fn registry_stopped_mid_pull() {
         &[3],
         &["registry", &format!("127.0.0.1:{}", proxy.port), "big", &w.layer_digests[0]],
     );
-    expect_dir_holds(&out_dir, &[]);
-    let hex = w.layer_digests[0].trim_start_matches("sha256:").to_string();
-    assert!(!blob_files(&cache).contains(&hex), "a partial layer is in the cache");
-    assert!(partial_files(&cache).is_empty(), "{:?}", partial_files(&cache));
+    expect_nothing_left(&out_dir, &cache, &w.layer_digests[0]);
 }
 
 /// Transient failures (503 and 502 on manifests, 429 on blobs) are retried and the pull
@@ -615,9 +616,7 @@ fn registry_retries_transient_failures_then_gives_up() {
     );
     assert_eq!(front.faults_served(), 5, "tries per blob are bounded");
     assert!(took < Duration::from_secs(30), "backoff is bounded, took {took:?}");
-    expect_dir_holds(&out_dir, &[]);
-    assert!(!blob_files(&cache).contains(&bad.trim_start_matches("sha256:").to_string()));
-    assert!(partial_files(&cache).is_empty(), "{:?}", partial_files(&cache));
+    expect_nothing_left(&out_dir, &cache, bad);
 }
 
 /// A registry answering with endless bodies: a manifest (refused past the 8 MiB bound on JSON
@@ -644,8 +643,7 @@ fn registry_endless_replies_are_cut_off() {
         let cache = ctx.cache(name);
         let o = ctx.pull(&cache, &src, &out_dir.join("out.ext4"), &[]);
         expect_failure(&o, &[3], &expect);
-        expect_dir_holds(&out_dir, &[]);
-        assert!(partial_files(&cache).is_empty(), "{name}: {:?}", partial_files(&cache));
+        expect_nothing_left(&out_dir, &cache, layer);
         // Give the front a moment to notice the hang-up, then check how much it got out.
         std::thread::sleep(Duration::from_millis(300));
         let sent = front.sent();
