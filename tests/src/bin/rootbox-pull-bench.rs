@@ -1,8 +1,8 @@
-//! `rootbox-pull-bench [LAYERS [RUNS [ISOLATION]]]`: what pipelining a registry pull with the
-//! build gains, measured in one run.
+//! `rootbox-pull-bench [LAYERS [RUNS [ISOLATION [COMPRESSION]]]]`: what pipelining a registry
+//! pull with the build gains, measured in one run.
 //!
-//! The Debian minbase tree is cut into LAYERS (default 8) gzip layers of about equal size and
-//! pushed to Debian's `docker-registry` on 127.0.0.1. A warm pull (every blob cached) gives
+//! The Debian minbase tree is cut into LAYERS (default 8) layers of about equal size,
+//! COMPRESSION gzip (default) or zstd, and pushed to Debian's `docker-registry` on 127.0.0.1. A warm pull (every blob cached) gives
 //! the build time B. A loopback proxy then limits all replies together to the rate at which
 //! the download takes about B too (a link, not a per-connection limit), and cold pulls
 //! alternate between the pipelined default and `--fetch-first` (download and verify every
@@ -98,7 +98,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn bench(layers: usize, runs: usize, isolation: String) -> Result<()> {
+fn bench(layers: usize, runs: usize, isolation: String, compression: Compression) -> Result<()> {
     let env = Env::locate();
     if let Some(why) = rootbox_tests::guard::missing(&env).or_else(registry::missing) {
         bail!("cannot run: {why}");
@@ -106,7 +106,7 @@ fn bench(layers: usize, runs: usize, isolation: String) -> Result<()> {
     let tmp = tempfile::Builder::new().prefix("rootbox-pull-bench-").tempdir()?;
     let tar = std::fs::read(debian::ensure_tar(&env.workspace)?)?;
     let b = Bench { env, tmp, isolation };
-    let image = Image::from_tars(&debian::split_even(&tar, layers)?, Compression::Gzip);
+    let image = Image::from_tars(&debian::split_even(&tar, layers)?, compression);
     let compressed: usize = image.layers.iter().map(|l| l.blob.len()).sum();
     let layout = b.tmp.path().join("layout");
     image.write_oci(&layout, Some("v1"))?;
@@ -120,7 +120,7 @@ fn bench(layers: usize, runs: usize, isolation: String) -> Result<()> {
     let build = median(warm.iter().map(|r| r.wall).collect());
     let rate = (compressed as f64 / build) as u64;
     println!(
-        "pull-bench: Debian minbase as {} gzip layers, {:.1} MiB compressed, {} isolation",
+        "pull-bench: Debian minbase as {} {compression:?} layers, {:.1} MiB compressed, {} isolation",
         image.layers.len(),
         compressed as f64 / f64::from(1 << 20),
         b.isolation
@@ -180,11 +180,19 @@ fn main() -> ExitCode {
         }
     };
     let (Some(layers), Some(runs)) = (num(0, 8), num(1, 3)) else {
-        eprintln!("usage: rootbox-pull-bench [LAYERS [RUNS [container|vm]]]");
+        eprintln!("usage: rootbox-pull-bench [LAYERS [RUNS [container|vm [gzip|zstd]]]]");
         return ExitCode::from(2);
     };
     let isolation = args.get(2).and_then(|a| a.to_str()).unwrap_or("container").to_string();
-    match bench(layers, runs, isolation) {
+    let compression = match args.get(3).and_then(|a| a.to_str()) {
+        None | Some("gzip") => Compression::Gzip,
+        Some("zstd") => Compression::Zstd,
+        Some(_) => {
+            eprintln!("rootbox-pull-bench: compression is gzip or zstd");
+            return ExitCode::from(2);
+        }
+    };
+    match bench(layers, runs, isolation, compression) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rootbox-pull-bench: error: {e:#}");

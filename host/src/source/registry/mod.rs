@@ -11,6 +11,7 @@
 
 pub mod auth;
 mod bounded;
+mod inline;
 mod retry;
 mod token;
 
@@ -26,13 +27,14 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
 use sha2::{Digest as _, Sha256};
 
-use super::spec::{self, Compression, Descriptor, Index, Manifest, PlatformSpec};
+use super::spec::{self, Descriptor, Index, Manifest, PlatformSpec};
 use super::{BlobLocation, CompressionHint, Image, Layer, Result, Source, SourceError};
 use crate::cache::{self, Cache, Entry};
 use crate::digest::Digest;
 use crate::layer::Verified;
 use crate::progress::Progress;
 use auth::{Creds, Origin};
+use inline::Inline;
 
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -304,7 +306,7 @@ impl Registry {
         d: &Digest,
         size: u64,
         label: &str,
-        inline: Option<(Compression, u64)>,
+        inline: Option<(CompressionHint, u64)>,
     ) -> Result<Option<Verified>> {
         let s = self.session()?;
         if s.cache.has(d, size) {
@@ -335,7 +337,7 @@ impl Registry {
         size: u64,
         label: &str,
         bar: Option<&crate::progress::Download>,
-        inline: Option<(Compression, u64)>,
+        inline: Option<(CompressionHint, u64)>,
     ) -> Result<Option<Verified>> {
         let what = format!("{} {label}", self.name);
         let mut temp = s.cache.temp(d).map_err(SourceError::Cache)?;
@@ -467,71 +469,6 @@ impl Registry {
     }
 }
 
-/// The uncompressed side of a layer checked while it downloads (gzip and plain tar; zstd
-/// layers get the usual verification pass): sha256 and length of what decompresses, at most
-/// `cap` bytes. Any trouble just gives up: the verification pass then finds and reports it.
-struct DiffSink {
-    hasher: Sha256,
-    n: u64,
-    cap: u64,
-}
-
-impl Write for DiffSink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.n += b.len() as u64;
-        if self.n > self.cap {
-            return Err(std::io::Error::other("over the uncompressed limit"));
-        }
-        self.hasher.update(b);
-        Ok(b.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-enum Inline {
-    Plain(DiffSink),
-    Gzip(Box<flate2::write::MultiGzDecoder<DiffSink>>),
-    GaveUp,
-}
-
-impl Inline {
-    fn new(c: Compression, cap: u64) -> Self {
-        let sink = DiffSink { hasher: Sha256::new(), n: 0, cap };
-        match c {
-            Compression::None => Inline::Plain(sink),
-            Compression::Gzip => Inline::Gzip(Box::new(flate2::write::MultiGzDecoder::new(sink))),
-            Compression::Zstd => Inline::GaveUp,
-        }
-    }
-
-    fn feed(&mut self, b: &[u8]) {
-        let ok = match self {
-            Inline::Plain(s) => s.write_all(b).is_ok(),
-            Inline::Gzip(g) => g.write_all(b).is_ok(),
-            Inline::GaveUp => true,
-        };
-        if !ok {
-            *self = Inline::GaveUp;
-        }
-    }
-
-    fn finish(self) -> Option<Verified> {
-        let (compression, sink) = match self {
-            Inline::Plain(s) => (Compression::None, s),
-            Inline::Gzip(g) => (Compression::Gzip, g.finish().ok()?),
-            Inline::GaveUp => return None,
-        };
-        Some(Verified {
-            compression,
-            uncompressed: sink.n,
-            diff_id: Digest::from_sha256(sink.hasher),
-        })
-    }
-}
-
 fn temp_path_hint(d: &Digest) -> std::path::PathBuf {
     Cache::default_dir().map(|r| r.join(".rootbox/ingest").join(d.hex())).unwrap_or_default()
 }
@@ -591,11 +528,8 @@ impl Source for Registry {
         if s.cache.has(&layer.digest, len) {
             self.progress.line(format!("{label}: in the cache"));
         } else {
-            let c = match layer.compression {
-                CompressionHint::Known(c) => c,
-                CompressionHint::Sniff => Compression::Zstd,
-            };
-            checked = self.ensure_blob(&layer.digest, len, label, Some((c, limit)))?;
+            let inline = Some((layer.compression, limit));
+            checked = self.ensure_blob(&layer.digest, len, label, inline)?;
             // Only a complete match stands in for the verification pass.
             checked = checked.filter(|v| layer.diff_id.as_ref() == Some(&v.diff_id));
         }
