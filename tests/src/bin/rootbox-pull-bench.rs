@@ -33,6 +33,8 @@ struct Run {
     job: f64,
     /// The worker's phases, in seconds.
     phases: BTreeMap<String, f64>,
+    /// The image built, MiB.
+    mib: f64,
 }
 
 impl Run {
@@ -84,7 +86,8 @@ impl Bench {
                 m.iter().map(|(k, v)| (k.clone(), v.as_f64().unwrap_or(0.0) / 1000.0)).collect()
             })
             .unwrap_or_default();
-        Ok(Run { wall, verify: ms("verify"), job: ms("sandbox_and_job"), phases })
+        let mib = v["size_bytes"].as_f64().unwrap_or(0.0) / f64::from(1 << 20);
+        Ok(Run { wall, verify: ms("verify"), job: ms("sandbox_and_job"), phases, mib })
     }
 }
 
@@ -140,9 +143,10 @@ fn bench(layers: usize, runs: usize, isolation: String, compression: Compression
             let extra: &[&str] = if fetch_first { &["--fetch-first"] } else { &[] };
             let r = b.pull(&name, proxy.port, extra)?;
             println!(
-                "pull-bench: run {i} {:<11} {:5.2} s (verify {:4.2} s, sandbox+job {:4.2} s; worker: {})",
+                "pull-bench: run {i} {:<11} {:5.2} s, {:.0} MiB image (verify {:4.2} s, sandbox+job {:4.2} s; worker: {})",
                 if fetch_first { "fetch-first" } else { "pipelined" },
                 r.wall,
+                r.mib,
                 r.verify,
                 r.job,
                 r.phases()
