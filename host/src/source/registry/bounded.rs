@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use oci_client::errors::{OciDistributionError, OciEnvelope};
 use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, RANGE, WWW_AUTHENTICATE};
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, RANGE, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 
 use super::token::{self, Challenge};
@@ -117,7 +117,9 @@ impl Http {
             Some(Challenge::Basic) if matches!(auth, RegistryAuth::Basic(..)) => Cred::Basic,
             _ => return Ok(res),
         };
-        if next == cred && next == Cred::Basic {
+        // Basic credentials already sent and refused: asking again changes nothing. (A
+        // refused bearer token is renewed: it may have expired.)
+        if cred == Cred::Basic && next == Cred::Basic {
             return Ok(res);
         }
         if let Ok(mut c) = self.cred.lock() {
@@ -143,14 +145,6 @@ impl Http {
         let digest = header(res.headers(), "docker-content-digest");
         if status != StatusCode::OK {
             return Err(error_reply(res, &url).await);
-        }
-        if res
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .is_some_and(|n| n > max)
-        {
-            return Ok(Reply::TooLarge);
         }
         Ok(match read_bounded(res, max).await? {
             Some(body) => Reply::Body(body, digest),

@@ -24,11 +24,8 @@ fn transient_reqwest(e: &reqwest::Error) -> bool {
     e.is_connect() || e.is_timeout() || e.is_body() || e.is_request() || e.is_decode()
 }
 
-/// A failed read of a blob stream (oci-client wraps the transport's error in `io::Error`).
-pub fn transient_io(e: &io::Error) -> bool {
-    if let Some(r) = e.get_ref().and_then(|i| i.downcast_ref::<reqwest::Error>()) {
-        return transient_reqwest(r);
-    }
+/// An I/O failure: a connection that dropped (a body that ended early is `UnexpectedEof`).
+fn transient_io(e: &io::Error) -> bool {
     use io::ErrorKind::*;
     matches!(
         e.kind(),
