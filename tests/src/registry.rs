@@ -234,14 +234,16 @@ impl Throttle {
     }
 }
 
+/// Copies `from` to `to` until either end closes or `stop`, counting into `count` and
+/// throttled by `throttle`.
 fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
-    throttle: Option<Arc<Throttle>>,
-    count: Option<Arc<AtomicU64>>,
-    stop: Arc<AtomicBool>,
+    throttle: Option<&Throttle>,
+    count: Option<&AtomicU64>,
+    stop: &AtomicBool,
 ) {
-    let mut buf = vec![0u8; 16 << 10];
+    let mut buf = vec![0u8; 64 << 10];
     loop {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -253,14 +255,35 @@ fn pump(
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
-        if let Some(c) = &count {
+        if let Some(c) = count {
             c.fetch_add(n as u64, Ordering::SeqCst);
         }
-        if let Some(t) = &throttle {
+        if let Some(t) = throttle {
             t.pass(n);
         }
     }
     let _ = to.shutdown(Shutdown::Write);
+}
+
+/// Listens on a free loopback port and hands each connection to `handle` on its own thread
+/// until `stop`. Returns the port.
+fn serve(stop: Arc<AtomicBool>, handle: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+    let port = listener.local_addr().expect("local addr").port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let handle = Arc::new(handle);
+    thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((c, _)) = listener.accept() else {
+                thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let _ = c.set_nonblocking(false);
+            let h = handle.clone();
+            thread::spawn(move || h(c));
+        }
+    });
+    port
 }
 
 impl Proxy {
@@ -270,47 +293,35 @@ impl Proxy {
     }
 
     pub fn start_with(upstream: u16, rate: Option<Rate>) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
-        let port = listener.local_addr().expect("addr").port();
-        listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let forwarded = Arc::new(AtomicU64::new(0));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (s, f, c) = (stop.clone(), forwarded.clone(), conns.clone());
         let shared = match rate {
             Some(Rate::Shared(r)) => Some(Throttle::new(r)),
             _ => None,
         };
-        thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                let client = match listener.accept() {
-                    Ok((c, _)) => c,
-                    Err(_) => {
-                        thread::sleep(Duration::from_millis(5));
-                        continue;
-                    }
-                };
-                let _ = client.set_nonblocking(false);
-                let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                };
-                if let (Ok(a), Ok(b)) = (client.try_clone(), up.try_clone()) {
-                    if let Ok(mut v) = c.lock() {
-                        v.push(a);
-                        v.push(b);
-                    }
-                }
-                let (c1, u1) = (client.try_clone().expect("clone"), up.try_clone().expect("clone"));
-                let (s1, s2, f2) = (s.clone(), s.clone(), f.clone());
-                let throttle = match rate {
-                    None => None,
-                    Some(Rate::PerConnection(r)) => Some(Throttle::new(r)),
-                    Some(Rate::Shared(_)) => shared.clone(),
-                };
-                thread::spawn(move || pump(c1, u1, None, None, s1));
-                thread::spawn(move || pump(up, client, throttle, Some(f2), s2));
+        let (s, f, c) = (stop.clone(), forwarded.clone(), conns.clone());
+        let port = serve(stop.clone(), move |client| {
+            let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                let _ = client.shutdown(Shutdown::Both);
+                return;
+            };
+            let (Ok(c1), Ok(u1), Ok(c2), Ok(u2)) =
+                (client.try_clone(), up.try_clone(), client.try_clone(), up.try_clone())
+            else {
+                return;
+            };
+            if let Ok(mut v) = c.lock() {
+                v.extend([c2, u2]);
             }
+            let throttle = match rate {
+                None => None,
+                Some(Rate::PerConnection(r)) => Some(Throttle::new(r)),
+                Some(Rate::Shared(_)) => shared.clone(),
+            };
+            let s1 = s.clone();
+            thread::spawn(move || pump(c1, u1, None, None, &s1));
+            pump(up, client, throttle.as_deref(), Some(&f), &s);
         });
         Proxy { port, stop, forwarded, conns }
     }
@@ -338,13 +349,15 @@ impl Drop for Proxy {
 }
 
 /// What a faulty registry front answers instead of forwarding a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FaultReply {
     /// This status with a short body (429 gets the distribution API's `TOOMANYREQUESTS`).
     Status(u16),
     /// This status with a chunked body that never ends (until the client hangs up or 1 GiB
     /// has gone out).
     Endless(u16),
+    /// 200 with these headers (`Name: value\r\n` each) and this body.
+    Canned { headers: String, body: Vec<u8> },
 }
 
 /// Requests whose path contains `path` get `reply`, the first `times` of them.
@@ -376,13 +389,14 @@ pub struct TokenGate {
 /// faults it served, the tokens it handed out and the body bytes it sent.
 pub struct FaultyFront {
     pub port: u16,
-    stop: Arc<AtomicBool>,
     state: Arc<FrontState>,
 }
 
 struct FrontState {
     upstream: u16,
-    port: u16,
+    /// The front's own port, for the token realm (set once listening).
+    port: std::sync::OnceLock<u16>,
+    stop: Arc<AtomicBool>,
     faults: Mutex<Vec<Fault>>,
     gate: Option<TokenGate>,
     served: AtomicU64,
@@ -403,21 +417,18 @@ fn read_head(c: &mut TcpStream) -> Option<String> {
     String::from_utf8(head).ok()
 }
 
-fn answer(mut c: TcpStream, reply: FaultReply, sent: &AtomicU64) {
-    match reply {
+fn answer(mut c: TcpStream, fault: FaultReply, sent: &AtomicU64) {
+    match fault {
         FaultReply::Status(code) => {
             let body = if code == 429 {
                 r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down (test fault)"}]}"#
             } else {
                 "test fault"
             };
-            let _ = write!(
-                c,
-                "HTTP/1.1 {code} Test Fault\r\nContent-Type: application/json\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            let json = "Content-Type: application/json\r\n";
+            return reply(c, &format!("{code} Test Fault"), json, body.as_bytes());
         }
+        FaultReply::Canned { headers, body } => return reply(c, "200 OK", &headers, &body),
         FaultReply::Endless(code) => {
             let _ = write!(
                 c,
@@ -439,12 +450,13 @@ fn answer(mut c: TcpStream, reply: FaultReply, sent: &AtomicU64) {
     let _ = c.shutdown(Shutdown::Both);
 }
 
-fn reply(mut c: TcpStream, status: &str, headers: &str, body: &str) {
+fn reply(mut c: TcpStream, status: &str, headers: &str, body: &[u8]) {
     let _ = write!(
         c,
-        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
+    let _ = c.write_all(body);
     let _ = c.shutdown(Shutdown::Both);
 }
 
@@ -461,7 +473,7 @@ fn front_one(mut c: TcpStream, st: &FrontState) {
     let fault = st.faults.lock().ok().and_then(|mut v| {
         let f = v.iter_mut().find(|f| f.times > 0 && path.contains(&f.path))?;
         f.times -= 1;
-        Some(f.reply)
+        Some(f.reply.clone())
     });
     if let Some(r) = fault {
         st.served.fetch_add(1, Ordering::SeqCst);
@@ -474,48 +486,33 @@ fn front_one(mut c: TcpStream, st: &FrontState) {
                 auth == format!("Basic {}", base64(format!("{u}:{p}").as_bytes()))
             });
             if !allowed {
-                return reply(c, "401 Unauthorized", "", r#"{"details":"wrong credentials"}"#);
+                return reply(c, "401 Unauthorized", "", br#"{"details":"wrong credentials"}"#);
             }
             st.tokens.fetch_add(1, Ordering::SeqCst);
             let body =
                 format!(r#"{{"token":"{0}","access_token":"{0}","expires_in":300}}"#, gate.token);
-            return reply(c, "200 OK", "Content-Type: application/json\r\n", &body);
+            return reply(c, "200 OK", "Content-Type: application/json\r\n", body.as_bytes());
         }
         if path.starts_with("/v2/") && auth != format!("Bearer {}", gate.token) {
             let challenge = format!(
                 "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{}/token\",service=\"rootbox-test\"\r\n",
-                st.port
+                st.port.get().copied().unwrap_or_default()
             );
             let body =
-                r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+                br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
             return reply(c, "401 Unauthorized", &challenge, body);
         }
     }
-    let upstream = st.upstream;
-    let sent = &st.sent;
-    let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
+    let Ok(mut up) = TcpStream::connect(("127.0.0.1", st.upstream)) else { return };
     let mut lines: Vec<&str> = head
         .trim_end()
         .split("\r\n")
         .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
         .collect();
     lines.push("Connection: close");
-    if up.write_all(format!("{}\r\n\r\n", lines.join("\r\n")).as_bytes()).is_err() {
-        return;
+    if up.write_all(format!("{}\r\n\r\n", lines.join("\r\n")).as_bytes()).is_ok() {
+        pump(up, c, None, Some(&st.sent), &st.stop);
     }
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        match up.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if c.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-                sent.fetch_add(n as u64, Ordering::SeqCst);
-            }
-        }
-    }
-    let _ = c.shutdown(Shutdown::Both);
 }
 
 impl FaultyFront {
@@ -524,32 +521,20 @@ impl FaultyFront {
     }
 
     pub fn start_gated(upstream: u16, faults: Vec<Fault>, gate: Option<TokenGate>) -> FaultyFront {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("front bind");
-        let port = listener.local_addr().expect("addr").port();
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
         let state = Arc::new(FrontState {
             upstream,
-            port,
+            port: std::sync::OnceLock::new(),
+            stop: Arc::new(AtomicBool::new(false)),
             faults: Mutex::new(faults),
             gate,
             served: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
             sent: AtomicU64::new(0),
         });
-        let (st, state2) = (stop.clone(), state.clone());
-        thread::spawn(move || {
-            while !st.load(Ordering::SeqCst) {
-                let Ok((c, _)) = listener.accept() else {
-                    thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                let _ = c.set_nonblocking(false);
-                let s = state2.clone();
-                thread::spawn(move || front_one(c, &s));
-            }
-        });
-        FaultyFront { port, stop, state }
+        let st = state.clone();
+        let port = serve(state.stop.clone(), move |c| front_one(c, &st));
+        let _ = state.port.set(port);
+        FaultyFront { port, state }
     }
 
     /// Requests answered with a fault so far.
@@ -570,7 +555,7 @@ impl FaultyFront {
 
 impl Drop for FaultyFront {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.state.stop.store(true, Ordering::SeqCst);
     }
 }
 

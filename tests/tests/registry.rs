@@ -53,6 +53,13 @@ impl Ctx {
         self.dir(&format!("cache-{name}"))
     }
 
+    /// A pull of `source` into a fresh output directory and a fresh cache, both named `name`.
+    fn pull_fresh(&self, name: &str, source: &str, extra: &[&str]) -> Fresh {
+        let (out_dir, cache) = (self.dir(name), self.cache(name));
+        let o = self.pull(&cache, source, &out_dir.join("out.ext4"), extra);
+        Fresh { o, out_dir, cache }
+    }
+
     fn pull(&self, cache: &Path, source: &str, out: &Path, extra: &[&str]) -> Outcome {
         self.pull_vars(&[("XDG_CACHE_HOME", cache)], source, out, extra)
     }
@@ -71,6 +78,19 @@ impl Ctx {
         let mut v: Vec<(&str, &Path)> = vec![("HOME", &home), ("DOCKER_CONFIG", &home)];
         v.extend_from_slice(vars);
         registry::pull(&self.env, &v, source, out, &extra)
+    }
+}
+
+/// What [`Ctx::pull_fresh`] ran and where.
+struct Fresh {
+    o: Outcome,
+    out_dir: PathBuf,
+    cache: PathBuf,
+}
+
+impl Fresh {
+    fn out(&self) -> PathBuf {
+        self.out_dir.join("out.ext4")
     }
 }
 
@@ -568,6 +588,19 @@ fn registry_stopped_mid_pull() {
     expect_nothing_left(&out_dir, &cache, &w.layer_digests[0]);
 }
 
+/// `docker://` source for `name` (REPO:TAG) behind `front`.
+fn via(front: &FaultyFront, name: &str) -> String {
+    format!("docker://127.0.0.1:{}/{name}", front.port)
+}
+
+/// After a pull that met an endless reply: what `front` got out stays small, so rootbox
+/// stopped reading (given a moment for the front to notice the hang-up).
+fn expect_cut_off(front: &FaultyFront, what: &str) {
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = front.sent();
+    assert!(sent < 32 << 20, "{what}: rootbox read {sent} bytes of endless replies");
+}
+
 /// Transient failures (503 and 502 on manifests, 429 on blobs) are retried and the pull
 /// succeeds; a blob that keeps failing gives one error naming registry, repository and blob
 /// after a bounded number of tries, with no output and nothing of it in the cache.
@@ -585,38 +618,24 @@ fn registry_retries_transient_failures_then_gives_up() {
             Fault::new("/blobs/", 2, FaultReply::Status(429)),
         ],
     );
-    let src = format!("docker://127.0.0.1:{}/team/hand:v1", front.port);
-    let out_dir = ctx.dir("ok");
-    let o = ctx.pull(&ctx.cache("ok"), &src, &out_dir.join("out.ext4"), &[]);
-    expect_success(&o);
+    let p = ctx.pull_fresh("ok", &via(&front, "team/hand:v1"), &[]);
+    expect_success(&p.o);
     assert_eq!(front.faults_served(), 4, "every injected fault was met and retried");
-    check_image("hand-made through 5xx and 429", &out_dir.join("out.ext4"), &handmade::expected());
+    check_image("hand-made through 5xx and 429", &p.out(), &handmade::expected());
 
     let bad = &w.layer_digests[1];
     let front = FaultyFront::start(
         reg.port,
         vec![Fault::new(&format!("/blobs/{bad}"), usize::MAX, FaultReply::Status(503))],
     );
-    let src = format!("docker://127.0.0.1:{}/team/hand:v1", front.port);
-    let cache = ctx.cache("bad");
-    let out_dir = ctx.dir("bad");
     let t = Instant::now();
-    let o = ctx.pull(&cache, &src, &out_dir.join("out.ext4"), &[]);
+    let p = ctx.pull_fresh("bad", &via(&front, "team/hand:v1"), &[]);
     let took = t.elapsed();
-    expect_failure(
-        &o,
-        &[3],
-        &[
-            &format!("127.0.0.1:{}", front.port),
-            "team/hand",
-            bad,
-            "503",
-            "gave up after 5 attempts",
-        ],
-    );
+    let host = format!("127.0.0.1:{}", front.port);
+    expect_failure(&p.o, &[3], &[&host, "team/hand", bad, "503", "gave up after 5 attempts"]);
     assert_eq!(front.faults_served(), 5, "tries per blob are bounded");
     assert!(took < Duration::from_secs(30), "backoff is bounded, took {took:?}");
-    expect_nothing_left(&out_dir, &cache, bad);
+    expect_nothing_left(&p.out_dir, &p.cache, bad);
 }
 
 /// A registry answering with endless bodies: a manifest (refused past the 8 MiB bound on JSON
@@ -638,17 +657,31 @@ fn registry_endless_replies_are_cut_off() {
             reg.port,
             vec![Fault::new(path, usize::MAX, FaultReply::Endless(code))],
         );
-        let src = format!("docker://127.0.0.1:{}/hand:v1", front.port);
-        let out_dir = ctx.dir(name);
-        let cache = ctx.cache(name);
-        let o = ctx.pull(&cache, &src, &out_dir.join("out.ext4"), &[]);
-        expect_failure(&o, &[3], &expect);
-        expect_nothing_left(&out_dir, &cache, layer);
-        // Give the front a moment to notice the hang-up, then check how much it got out.
-        std::thread::sleep(Duration::from_millis(300));
-        let sent = front.sent();
-        assert!(sent < 32 << 20, "{name}: rootbox read {sent} bytes of endless replies");
+        let p = ctx.pull_fresh(name, &via(&front, "hand:v1"), &[]);
+        expect_failure(&p.o, &[3], &expect);
+        expect_nothing_left(&p.out_dir, &p.cache, layer);
+        expect_cut_off(&front, name);
     }
+}
+
+/// A manifest whose `Docker-Content-Digest` header names other bytes than the body: refused
+/// as a digest mismatch, nothing cached.
+#[test]
+fn registry_manifest_digest_header_must_match() {
+    let ctx = require_registry!();
+    let reg = Registry::start(None);
+    let w = push(&ctx, &reg, &handmade_image(), "hand", "hand:v1");
+    let hex = w.manifest_digest.trim_start_matches("sha256:");
+    let body = fs::read(ctx.path("layout-hand").join("blobs/sha256").join(hex)).expect("manifest");
+    let lie = format!("sha256:{}", "0".repeat(64));
+    let headers = format!("Content-Type: {MT_MANIFEST}\r\nDocker-Content-Digest: {lie}\r\n");
+    let front = FaultyFront::start(
+        reg.port,
+        vec![Fault::new("/manifests/v1", 1, FaultReply::Canned { headers, body })],
+    );
+    let p = ctx.pull_fresh("lie", &via(&front, "hand:v1"), &[]);
+    expect_failure(&p.o, &[3], &["manifest v1", "digest mismatch", &lie, &w.manifest_digest]);
+    expect_nothing_left(&p.out_dir, &p.cache, &w.manifest_digest);
 }
 
 /// The bearer-token flow as the distribution spec has it: a `401` challenge names a token
@@ -662,37 +695,30 @@ fn registry_bearer_token_flow() {
     push(&ctx, &reg, &handmade_image(), "hand", "team/hand:v1");
     const PASS: &str = "t0ken-Pa55";
     let gate = TokenGate { token: "tok-123".into(), creds: Some(("bob".into(), PASS.into())) };
+    let creds = format!("bob:{PASS}");
 
     let front = FaultyFront::start_gated(reg.port, vec![], Some(gate.clone()));
-    let src = format!("docker://127.0.0.1:{}/team/hand:v1", front.port);
-    let out_dir = ctx.dir("ok");
-    let creds = format!("bob:{PASS}");
-    let o = ctx.pull(&ctx.cache("ok"), &src, &out_dir.join("out.ext4"), &["--creds", &creds]);
-    expect_success(&o);
-    assert!(!o.stderr.contains(PASS) && !o.stderr.contains("tok-123"), "{}", o.describe());
-    check_image("hand-made via a bearer token", &out_dir.join("out.ext4"), &handmade::expected());
+    let p = ctx.pull_fresh("ok", &via(&front, "team/hand:v1"), &["--creds", &creds]);
+    expect_success(&p.o);
+    assert!(!p.o.stderr.contains(PASS) && !p.o.stderr.contains("tok-123"), "{}", p.o.describe());
+    check_image("hand-made via a bearer token", &p.out(), &handmade::expected());
     let tokens = front.tokens_issued();
     assert!((1..=4).contains(&tokens), "{tokens} token requests for one pull");
 
-    let out_dir = ctx.dir("wrong");
-    let o =
-        ctx.pull(&ctx.cache("wrong"), &src, &out_dir.join("out.ext4"), &["--creds", "bob:nope"]);
-    expect_failure(&o, &[3], &["refused access", "team/hand", "--creds"]);
-    assert!(!o.stderr.contains("nope"), "{}", o.describe());
-    expect_dir_holds(&out_dir, &[]);
+    let p = ctx.pull_fresh("wrong", &via(&front, "team/hand:v1"), &["--creds", "bob:nope"]);
+    expect_failure(&p.o, &[3], &["refused access", "team/hand", "--creds"]);
+    assert!(!p.o.stderr.contains("nope"), "{}", p.o.describe());
+    expect_dir_holds(&p.out_dir, &[]);
 
     let front = FaultyFront::start_gated(
         reg.port,
         vec![Fault::new("/token", usize::MAX, FaultReply::Endless(200))],
         Some(gate),
     );
-    let src = format!("docker://127.0.0.1:{}/team/hand:v1", front.port);
-    let out_dir = ctx.dir("endless");
-    let o = ctx.pull(&ctx.cache("endless"), &src, &out_dir.join("out.ext4"), &["--creds", &creds]);
-    expect_failure(&o, &[3], &["token", "larger than 1048576 bytes"]);
-    expect_dir_holds(&out_dir, &[]);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(front.sent() < 32 << 20, "rootbox read {} bytes of an endless token", front.sent());
+    let p = ctx.pull_fresh("endless", &via(&front, "team/hand:v1"), &["--creds", &creds]);
+    expect_failure(&p.o, &[3], &["token", "larger than 1048576 bytes"]);
+    expect_dir_holds(&p.out_dir, &[]);
+    expect_cut_off(&front, "token");
 }
 
 /// Seconds of one pull, checked for success.
