@@ -99,9 +99,8 @@ bench: build image
 
 ## bench-pull: a registry pull streamed into the build vs downloaded first, through a loopback
 ## link limited so the download takes about as long as the build (tests/bench/README.md).
-## PULL_BENCH_LAYERS (8), PULL_BENCH_RUNS (3), PULL_BENCH_ISOLATION (container).
+## PULL_BENCH_LAYERS (8), PULL_BENCH_RUNS (3), PULL_BENCH_ISOLATION (container), PULL_BENCH_COMPRESSION (gzip).
 PULL_BENCH := $(CURDIR)/target/release/rootbox-pull-bench
 bench-pull: setup build image
-	tests/fixtures/debian-minbase.sh $(FIXTURES)
 	ROOTBOX_BIN=$(ROOTBOX) ROOTBOX_WORKER_IMAGE=$(IMAGE_DIR) \
-	  $(PULL_BENCH) $${PULL_BENCH_LAYERS:-8} $${PULL_BENCH_RUNS:-3} $${PULL_BENCH_ISOLATION:-container}
+	  $(PULL_BENCH) $${PULL_BENCH_LAYERS:-8} $${PULL_BENCH_RUNS:-3} $${PULL_BENCH_ISOLATION:-container} $${PULL_BENCH_COMPRESSION:-gzip}
