@@ -11,8 +11,8 @@ mod message;
 
 pub use codec::{Frame, FrameKind, Reader, Writer, CONTROL_MAX, DATA_MAX, HEADER_LEN};
 pub use message::{
-    Control, Hello, JobResult, JobSpec, LayerSpec, Limits, Phase, RemoteError, SizePolicy,
-    PROTOCOL_VERSION,
+    Control, Hello, JobResult, JobSpec, LayerSpec, Limits, Phase, RemoteError, Sanitised,
+    SanitisedKind, SizePolicy, PROTOCOL_VERSION, SANITISED_MAX,
 };
 
 /// Everything that can go wrong reading or writing the wire.

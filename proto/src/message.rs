@@ -8,7 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to frames or messages.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Hello {
@@ -103,6 +103,56 @@ impl fmt::Display for Phase {
     }
 }
 
+/// The classes of change a sanitisation record reports; `what` and `why` give the detail.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum SanitisedKind {
+    /// An xattr not written (`trusted.*`, a namespace ext4 refuses, one on a symlink).
+    Xattr,
+    /// A device node not created: its numbers do not fit a Linux `dev_t`.
+    Device,
+    /// A time outside what ext4 stores, clamped by the kernel.
+    Time,
+    /// A PAX record rootbox does not apply (`LIBARCHIVE.xattr.*`, `SCHILY.acl.*`...).
+    PaxRecord,
+    /// PAX global header records, never applied (docker and containerd ignore them).
+    GlobalHeader,
+    /// An aufs whiteout meta file (`.wh..wh.*` other than the opaque marker), skipped.
+    WhiteoutMeta,
+}
+
+impl SanitisedKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Xattr => "xattrs not written",
+            Self::Device => "devices not created",
+            Self::Time => "times clamped",
+            Self::PaxRecord => "PAX records not applied",
+            Self::GlobalHeader => "PAX global headers not applied",
+            Self::WhiteoutMeta => "whiteout meta files skipped",
+        }
+    }
+}
+
+/// One place where the ext4 differs from what the layers say, because the worker refused,
+/// dropped or clamped something. Sent as the applier meets it (the first
+/// [`SANITISED_MAX`] of a job); the result carries the counts of all.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Sanitised {
+    /// The layer's index in the job (0-based); `layers.len()` is the injected files.
+    pub layer: u32,
+    /// The entry's path in the image.
+    pub path: String,
+    pub kind: SanitisedKind,
+    /// What was changed, e.g. `xattr trusted.overlay.opaque`.
+    pub what: String,
+    /// Why, in words a user can act on.
+    pub why: String,
+}
+
+/// Most sanitisation records a job reports one by one (both sides enforce it).
+pub const SANITISED_MAX: usize = 1000;
+
 /// The finished filesystem, as the worker measured it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct JobResult {
@@ -122,6 +172,9 @@ pub struct JobResult {
     /// `ID`, `VERSION_ID`, `PRETTY_NAME`... from the image's os-release, when it has one.
     #[serde(default)]
     pub os_release: std::collections::BTreeMap<String, String>,
+    /// Sanitisation records of the whole job by kind, beyond the first [`SANITISED_MAX`] too.
+    #[serde(default)]
+    pub sanitised: std::collections::BTreeMap<SanitisedKind, u64>,
 }
 
 /// A failure inside the worker, structured so the host prints one actionable sentence.
@@ -181,8 +234,10 @@ pub enum Control {
         #[serde(default)]
         layer: Option<u32>,
     },
-    /// worker → host: something was skipped or changed; the job continues.
+    /// worker → host: something not about the image's content; the job continues.
     Warning { message: String },
+    /// worker → host: the ext4 differs from the layers here (see [`Sanitised`]).
+    Sanitised(Sanitised),
     /// worker → host: success.
     Done(JobResult),
     /// worker → host: failure.

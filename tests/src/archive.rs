@@ -1,10 +1,10 @@
 //! A small, independent tar reader: ustar and GNU headers, PAX extended headers (path,
-//! linkpath, size, uid, gid, mtime, `SCHILY.xattr.*`), GNU long names. It is written here rather
-//! than taken from the `tar` crate so the model does not share a parser with rootbox.
+//! linkpath, size, uid, gid, mtime, `SCHILY.xattr.*`), GNU long names, PAX 1.0 sparse files;
+//! PAX global headers are skipped, as docker and containerd skip them. It is written here
+//! rather than shared with rootbox so the model does not share a parser with it.
 //! Every entry also carries the byte range of its raw bytes (extension headers included) so an
 //! archive can be re-cut into layers without re-encoding anything.
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -25,6 +25,9 @@ pub enum EntryType {
     Fifo,
 }
 
+/// A sparse file's data segment: its offset in the file, and where its bytes are.
+pub type SparseSegment = (u64, Range<usize>);
+
 /// One archive member with every extension header already applied.
 #[derive(Clone, Debug)]
 pub struct RawEntry {
@@ -38,8 +41,10 @@ pub struct RawEntry {
     pub dev: (u32, u32),
     /// `SCHILY.xattr.NAME` records, in archive order.
     pub xattrs: Vec<(String, Vec<u8>)>,
-    /// The member's data.
+    /// The member's data (for a sparse file: the packed segments after the map).
     pub data: Range<usize>,
+    /// A PAX 1.0 sparse file: its size and its segments.
+    pub sparse: Option<(u64, Vec<SparseSegment>)>,
     /// Every byte of the member: its extension headers, header and padded data.
     pub raw: Range<usize>,
 }
@@ -100,6 +105,56 @@ pub fn pax_records(mut data: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
+impl RawEntry {
+    /// A regular file's content, holes of a sparse file filled in.
+    pub fn content(&self, tar: &[u8]) -> Vec<u8> {
+        match &self.sparse {
+            None => tar[self.data.clone()].to_vec(),
+            Some((size, segments)) => {
+                let mut out = vec![0u8; *size as usize];
+                for (off, r) in segments {
+                    out[*off as usize..*off as usize + r.len()].copy_from_slice(&tar[r.clone()]);
+                }
+                out
+            }
+        }
+    }
+}
+
+/// The map at the start of a PAX 1.0 sparse file's data: segments with where their bytes are.
+fn sparse_map(tar: &[u8], data: Range<usize>) -> Result<Vec<SparseSegment>> {
+    let body = &tar[data.clone()];
+    let mut lines = body.split(|&b| b == b'\n');
+    let mut next = |what: &str| -> Result<u64> {
+        let l = lines.next().with_context(|| format!("sparse map ends before {what}"))?;
+        std::str::from_utf8(l)?.parse::<u64>().with_context(|| format!("sparse map {what}"))
+    };
+    let count = next("the count")?;
+    let mut pairs = Vec::new();
+    let mut used = 0usize;
+    for _ in 0..count {
+        let off = next("an offset")?;
+        let len = next("a length")?;
+        pairs.push((off, len));
+    }
+    // The map's text: count + pairs, each ended by a newline, padded to whole blocks.
+    let text: usize = std::iter::once(count)
+        .chain(pairs.iter().flat_map(|&(o, l)| [o, l]))
+        .map(|n| n.to_string().len() + 1)
+        .sum();
+    let mut at = data.start + padded(text);
+    let mut out = Vec::new();
+    for (off, len) in pairs {
+        let len = len as usize;
+        ensure!(at + len <= data.end, "sparse data runs past the entry");
+        out.push((off, at..at + len));
+        at += len;
+        used += len;
+    }
+    ensure!(at == data.end, "sparse map describes {used} bytes, the entry holds more");
+    Ok(out)
+}
+
 fn padded(len: usize) -> usize {
     len.div_ceil(BLOCK) * BLOCK
 }
@@ -111,7 +166,6 @@ pub fn entries(bytes: &[u8]) -> Result<Vec<RawEntry>> {
     let mut pos = 0usize;
     let mut start = 0usize;
     let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut global: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut long_name: Option<Vec<u8>> = None;
     let mut long_link: Option<Vec<u8>> = None;
     loop {
@@ -145,8 +199,10 @@ pub fn entries(bytes: &[u8]) -> Result<Vec<RawEntry>> {
                 continue;
             }
             b'g' => {
-                global.extend(pax_records(body)?);
+                // Parsed (it must be well formed) but not applied: docker does not.
+                pax_records(body)?;
                 pos = next;
+                start = next;
                 continue;
             }
             b'L' => {
@@ -197,10 +253,20 @@ pub fn entries(bytes: &[u8]) -> Result<Vec<RawEntry>> {
             dev: (number(&block[329..337])? as u32, number(&block[337..345])? as u32),
             xattrs: Vec::new(),
             data,
+            sparse: None,
             raw: start..next,
         };
-        let records: Vec<(String, Vec<u8>)> =
-            global.iter().map(|(k, v)| (k.clone(), v.clone())).chain(pax.drain(..)).collect();
+        let records: Vec<(String, Vec<u8>)> = std::mem::take(&mut pax);
+        let record = |k: &str| records.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v);
+        if record("GNU.sparse.major").map(Vec::as_slice) == Some(b"1")
+            && record("GNU.sparse.minor").map(Vec::as_slice) == Some(b"0")
+        {
+            let name = record("GNU.sparse.name").context("sparse file without GNU.sparse.name")?;
+            let size = record("GNU.sparse.realsize").context("sparse file without realsize")?;
+            let size: u64 = std::str::from_utf8(size)?.parse().context("GNU.sparse.realsize")?;
+            entry.path = name.clone();
+            entry.sparse = Some((size, sparse_map(bytes, entry.data.clone())?));
+        }
         for (key, value) in records {
             let text = || String::from_utf8_lossy(&value).into_owned();
             match key.as_str() {

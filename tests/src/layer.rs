@@ -25,6 +25,12 @@ pub enum Body {
     Char(u32, u32),
     Block(u32, u32),
     Fifo,
+    /// A sparse file of `size` bytes holding data only at these (offset, bytes) segments,
+    /// written as GNU tar's PAX 1.0 sparse format (`tar --sparse --format=posix`).
+    Sparse {
+        size: u64,
+        segments: Vec<(u64, Vec<u8>)>,
+    },
 }
 
 /// One tar member to write.
@@ -106,6 +112,10 @@ impl Entry {
         Entry::new(name.as_bytes(), Body::Fifo, 0o644)
     }
 
+    pub fn sparse(name: &str, size: u64, segments: Vec<(u64, Vec<u8>)>) -> Entry {
+        Entry::new(name.as_bytes(), Body::Sparse { size, segments }, 0o644)
+    }
+
     /// `.wh.NAME` beside `path`: removes `path` from lower layers.
     pub fn whiteout(path: &str) -> Entry {
         Entry::file(&join_whiteout(path, ".wh."), b"")
@@ -161,13 +171,36 @@ impl Entry {
         match &self.body {
             Body::File(c) => c.len() as u64,
             Body::Zeros(n) => *n,
+            Body::Sparse { segments, .. } => sparse_data(segments).len() as u64,
             _ => 0,
+        }
+    }
+
+    /// The name in the ustar header: for a sparse file GNU tar's stand-in (the real name is
+    /// in `GNU.sparse.name`), cut to the 100 bytes of the field as GNU tar cuts it.
+    fn header_name(&self) -> Vec<u8> {
+        match &self.body {
+            Body::Sparse { .. } => {
+                let (dir, base) = match self.name.iter().rposition(|&b| b == b'/') {
+                    Some(i) => (&self.name[..i + 1], &self.name[i + 1..]),
+                    None => (&b""[..], &self.name[..]),
+                };
+                let mut n = [dir, b"GNUSparseFile.0/", base].concat();
+                n.truncate(100);
+                n
+            }
+            _ => self.name.clone(),
         }
     }
 
     fn pax_records(&self) -> Vec<(String, Vec<u8>)> {
         let mut records = Vec::new();
-        if self.pax_path || self.name.len() > 100 {
+        if let Body::Sparse { size, .. } = &self.body {
+            records.push(("GNU.sparse.major".to_string(), b"1".to_vec()));
+            records.push(("GNU.sparse.minor".to_string(), b"0".to_vec()));
+            records.push(("GNU.sparse.name".to_string(), self.name.clone()));
+            records.push(("GNU.sparse.realsize".to_string(), size.to_string().into_bytes()));
+        } else if self.pax_path || self.name.len() > 100 {
             records.push(("path".to_string(), self.name.clone()));
         }
         if let Body::Symlink(t) | Body::Hardlink(t) = &self.body {
@@ -198,7 +231,7 @@ impl Entry {
         let mut h = tar::Header::new_ustar();
         let (ty, link) = match &self.body {
             Body::Dir => (tar::EntryType::Directory, None),
-            Body::File(_) | Body::Zeros(_) => (tar::EntryType::Regular, None),
+            Body::File(_) | Body::Zeros(_) | Body::Sparse { .. } => (tar::EntryType::Regular, None),
             Body::Symlink(t) => (tar::EntryType::Symlink, Some(t)),
             Body::Hardlink(t) => (tar::EntryType::Link, Some(t)),
             Body::Char(..) => (tar::EntryType::Char, None),
@@ -217,8 +250,9 @@ impl Entry {
             let _ = h.set_device_minor(minor);
         }
         let old = h.as_old_mut();
-        let n = self.name.len().min(100);
-        old.name[..n].copy_from_slice(&self.name[..n]);
+        let name = self.header_name();
+        let n = name.len().min(100);
+        old.name[..n].copy_from_slice(&name[..n]);
         if let Some(t) = link {
             let n = t.len().min(100);
             old.linkname[..n].copy_from_slice(&t[..n]);
@@ -246,6 +280,7 @@ impl Entry {
         w.write_all(self.header().as_bytes())?;
         match &self.body {
             Body::File(c) => write_padded(w, c)?,
+            Body::Sparse { segments, .. } => write_padded(w, &sparse_data(segments))?,
             Body::Zeros(n) => {
                 let chunk = vec![0u8; 1 << 20];
                 let mut left = n.div_ceil(BLOCK as u64) * BLOCK as u64;
@@ -259,6 +294,21 @@ impl Entry {
         }
         Ok(())
     }
+}
+
+/// A PAX 1.0 sparse file's data: the map (count, then offset/length pairs, one decimal per
+/// line) padded to whole blocks, then the segments' bytes, packed.
+fn sparse_data(segments: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut map = format!("{}\n", segments.len());
+    for (off, d) in segments {
+        map.push_str(&format!("{off}\n{}\n", d.len()));
+    }
+    let mut out = map.into_bytes();
+    out.resize(out.len().div_ceil(BLOCK) * BLOCK, 0);
+    for (_, d) in segments {
+        out.extend_from_slice(d);
+    }
+    out
 }
 
 fn write_padded<W: Write>(w: &mut W, data: &[u8]) -> io::Result<()> {
@@ -309,6 +359,24 @@ impl LayerBuilder {
         for e in entries {
             self.push(e);
         }
+        self
+    }
+
+    /// A PAX global header holding `records` (docker and containerd ignore it).
+    pub fn global(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+        let records: Vec<(String, Vec<u8>)> =
+            records.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect();
+        let body = encode_pax(&records);
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::XGlobalHeader);
+        h.set_mode(0o644);
+        h.set_size(body.len() as u64);
+        let name = b"pax_global_header";
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_cksum();
+        self.out.extend_from_slice(h.as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write_padded(&mut self.out, &body);
         self
     }
 

@@ -257,7 +257,7 @@ impl Model {
             }
         }
         let (kind, content, rdev) = match e.kind {
-            EntryType::File => (Kind::File, tar[e.data.clone()].to_vec(), None),
+            EntryType::File => (Kind::File, e.content(tar), None),
             EntryType::Dir => (Kind::Dir, Vec::new(), None),
             EntryType::Symlink => (Kind::Symlink, e.link.clone(), None),
             EntryType::Char => (Kind::Char, Vec::new(), Some(e.dev)),

@@ -11,9 +11,10 @@ use rootbox_proto::{
     PROTOCOL_VERSION,
 };
 
+use crate::apply::ops::Real;
 use crate::apply::{Applier, ApplyError};
 use crate::ext4;
-use crate::stream::{stream_cause, LayerStream, StreamError};
+use crate::stream::{stream_cause, LayerStream};
 use crate::sys;
 
 /// Where the image is mounted while layers are applied.
@@ -188,6 +189,7 @@ impl Session {
             entries: applied.entries,
             warnings,
             os_release: applied.os_release,
+            sanitised: applied.sanitised,
             phase_ms,
         })
     }
@@ -246,6 +248,7 @@ impl Session {
 struct Applied {
     entries: u64,
     os_release: std::collections::BTreeMap<String, String>,
+    sanitised: std::collections::BTreeMap<rootbox_proto::SanitisedKind, u64>,
 }
 
 /// The applier: reads `LayerBegin`/data/`LayerEnd` until `Finish`. Runs in the child.
@@ -260,9 +263,7 @@ fn applier_main(
     sys::process::limit_memory(APPLIER_MEMORY).map_err(|e| Failure::new("bounding memory", &e))?;
     rustix::process::umask(rustix::fs::Mode::empty());
 
-    let mut warnings: Vec<String> = Vec::new();
-    let mut warn = |w: String| warnings.push(w);
-    let mut applier = Applier::new(Path::new(TARGET), job.limits, &mut warn)
+    let mut applier = Applier::new(Path::new(TARGET), job.limits, Real)
         .map_err(|e| Failure::new("opening the image root", &e))?;
     let total = job.layers.len();
     let mut budget = job.limits.max_total_bytes;
@@ -291,7 +292,7 @@ fn applier_main(
                 let mut stream =
                     LayerStream::new(rd, index, &mut budget, job.limits.max_total_bytes);
                 let res = applier
-                    .apply_layer(&mut stream)
+                    .apply_layer(index, &mut stream)
                     .map_err(LayerFailure::Apply)
                     .and_then(|()| stream.finish().map_err(LayerFailure::Stream));
                 if let Err(e) = res {
@@ -321,16 +322,11 @@ fn applier_main(
     }
     let os_release = applier.os_release();
     let entries = applier.finish().map_err(|e| Failure::new("setting directory times", &e))?;
-    const SHOWN: usize = 100;
-    let n = warnings.len();
-    for w in warnings.into_iter().take(SHOWN) {
-        let _ = wr.send(&Control::Warning { message: w });
+    let report = std::mem::take(&mut applier.report);
+    for record in report.records {
+        let _ = wr.send(&Control::Sanitised(record));
     }
-    if n > SHOWN {
-        let _ =
-            wr.send(&Control::Warning { message: format!("... and {} more warnings", n - SHOWN) });
-    }
-    Ok(Applied { entries, os_release })
+    Ok(Applied { entries, os_release, sanitised: report.counts })
 }
 
 enum LayerFailure {
@@ -344,37 +340,22 @@ fn layer_failure(e: LayerFailure, i: usize, total: usize, digest: Option<String>
     } else {
         format!("applying layer {} of {}", i + 1, total)
     };
-    let (path, causes) = match &e {
-        LayerFailure::Apply(a) => {
-            // A stream error (limit, abort, digest) surfaced through the tar reader: report it
-            // as itself rather than as a tar parse error.
-            if let ApplyError::Tar(io) = a {
-                if let Some(s) = stream_cause(io) {
-                    return stream_failure(operation, digest, s);
-                }
-            }
-            let mut causes = chain(a);
-            if let (Some(p), Some(first)) = (a.path(), causes.first_mut()) {
-                // The path is reported in its own field; don't repeat it in the sentence.
-                if let Some(rest) = first.strip_prefix(&format!("{p}: ")) {
-                    *first = rest.to_string();
-                }
-            }
-            (a.path().map(str::to_string), causes)
-        }
-        LayerFailure::Stream(io) => {
-            if let Some(s) = stream_cause(io) {
-                return stream_failure(operation, digest, s);
-            }
-            (None, chain(io))
-        }
+    // A stream error (limit, abort, digest) surfacing through the tar reader is reported as
+    // itself rather than as a tar error.
+    let io = match &e {
+        LayerFailure::Apply(ApplyError::Read(io))
+        | LayerFailure::Apply(ApplyError::Tar(rootbox_tar::Error::Io(io)))
+        | LayerFailure::Stream(io) => Some(io),
+        LayerFailure::Apply(_) => None,
     };
-    // The first cause repeats the path when the error names one; keep the sentence short.
+    if let Some(s) = io.and_then(stream_cause) {
+        return Failure(RemoteError { operation, layer: digest, path: None, causes: chain(s) });
+    }
+    let (path, causes) = match &e {
+        LayerFailure::Apply(a) => (a.path(), a.causes()),
+        LayerFailure::Stream(io) => (None, chain(io)),
+    };
     Failure(RemoteError { operation, layer: digest, path, causes })
-}
-
-fn stream_failure(operation: String, digest: Option<String>, s: &StreamError) -> Failure {
-    Failure(RemoteError { operation, layer: digest, path: None, causes: chain(s) })
 }
 
 /// Makes ext4 allocate inodes (and so data) from the first block group on, instead of

@@ -1,13 +1,11 @@
-//! Entry metadata read from the tar header and its PAX records: owner, mode, time, xattrs.
+//! Entry metadata as the image will hold it: mode, owner, time and xattrs from the tar entry,
+//! with what ext4 cannot hold clamped or dropped, and every such change reported.
 
-use rootbox_proto::Limits;
+use rootbox_proto::{Limits, SanitisedKind};
+pub use rootbox_tar::Time;
 
-/// A point in time with nanoseconds; seconds may be negative or past 2038.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Time {
-    pub sec: i64,
-    pub nsec: u32,
-}
+use super::name::ImagePath;
+use super::report::Report;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
@@ -15,160 +13,191 @@ pub struct Meta {
     pub uid: u32,
     pub gid: u32,
     pub mtime: Time,
-    pub xattrs: Vec<(String, Vec<u8>)>,
+    /// Name and value; `trusted.*` already dropped.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetaError {
-    #[error("refusing an unreadable header field ({0})")]
-    Header(&'static str),
-    #[error("refusing a malformed PAX mtime {0:?}")]
-    Mtime(String),
     #[error("refusing xattr {name}: value of {len} bytes exceeds {max}")]
     XattrValue { name: String, len: usize, max: u32 },
     #[error("refusing xattrs totalling {len} bytes (limit {max})")]
     XattrTotal { len: usize, max: u32 },
-    #[error("refusing an xattr name that is not UTF-8 or is empty")]
-    XattrName,
 }
 
-/// Parses a PAX time: `[-]SECONDS[.FRACTION]`, fraction truncated to nanoseconds.
-pub fn parse_pax_time(s: &str) -> Result<Time, MetaError> {
-    let bad = || MetaError::Mtime(s.to_string());
-    let (neg, body) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s),
-    };
-    let (int, frac) = match body.split_once('.') {
-        Some((i, f)) => (i, f),
-        None => (body, ""),
-    };
-    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    if !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    let sec: i64 = int.parse().map_err(|_| bad())?;
-    let mut nsec: u32 = 0;
-    for (i, d) in frac.bytes().take(9).enumerate() {
-        nsec += u32::from(d - b'0') * 10u32.pow(8 - i as u32);
-    }
-    if !neg {
-        return Ok(Time { sec, nsec });
-    }
-    // -1.25 is 1.25 s before the epoch: sec -2, nsec 0.75e9.
-    if nsec == 0 {
-        Ok(Time { sec: -sec, nsec: 0 })
+/// ext4 with 256-byte inodes stores seconds from -2^31 (1901-12-13) to 2^34 - 1 - 2^31
+/// (2446-05-10); the kernel clamps anything outside, and drops the nanoseconds at either end.
+pub const TIME_MIN: i64 = i32::MIN as i64;
+pub const TIME_MAX: i64 = (1 << 34) - 1 + i32::MIN as i64;
+
+/// The time ext4 will store for `t`.
+pub fn stored_time(t: Time) -> Time {
+    let sec = t.sec.clamp(TIME_MIN, TIME_MAX);
+    let nsec = if sec == TIME_MIN || sec == TIME_MAX { 0 } else { t.nsec };
+    Time { sec, nsec }
+}
+
+/// PAX records whose meaning rootbox applies (or that carry nothing an image keeps: atime
+/// and ctime, which GNU tar writes for every entry, owner names, comments, charsets, and
+/// star's inode bookkeeping). Anything else is reported as not applied.
+fn pax_understood(key: &[u8]) -> bool {
+    const KEYS: &[&[u8]] = &[
+        b"path",
+        b"linkpath",
+        b"size",
+        b"uid",
+        b"gid",
+        b"mtime",
+        b"atime",
+        b"ctime",
+        b"uname",
+        b"gname",
+        b"comment",
+        b"charset",
+        b"hdrcharset",
+        b"SCHILY.dev",
+        b"SCHILY.ino",
+        b"SCHILY.nlink",
+        b"SCHILY.filetype",
+    ];
+    KEYS.contains(&key) || key.starts_with(b"SCHILY.xattr.") || key.starts_with(b"GNU.sparse.")
+}
+
+fn time_text(t: Time) -> String {
+    if t.nsec == 0 {
+        t.sec.to_string()
     } else {
-        Ok(Time { sec: -sec - 1, nsec: 1_000_000_000 - nsec })
+        format!("{}.{:09}", t.sec, t.nsec)
     }
 }
 
-/// What the PAX records of one entry contribute.
-#[derive(Debug, Default)]
-pub struct Pax {
-    pub mtime: Option<Time>,
-    pub xattrs: Vec<(String, Vec<u8>)>,
-    /// Records understood but not applied (for warnings), e.g. LIBARCHIVE.xattr.*.
-    pub ignored: Vec<String>,
-}
-
-const SCHILY_XATTR: &str = "SCHILY.xattr.";
-
-/// Collects the PAX records rootbox applies, enforcing the xattr bounds.
-pub fn parse_pax<'a, I>(records: I, limits: &Limits) -> Result<Pax, MetaError>
-where
-    I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
-{
-    let mut pax = Pax::default();
+/// The metadata `entry` asks for, checked against `limits`; changes are put in `report`.
+pub fn of_entry(
+    entry: &rootbox_tar::Entry,
+    limits: &Limits,
+    path: &ImagePath,
+    report: &mut Report,
+) -> Result<Meta, MetaError> {
+    for key in entry.pax.keys().filter(|k| !pax_understood(k)) {
+        report.sanitised(
+            Some(path),
+            SanitisedKind::PaxRecord,
+            format!("PAX record {}", rootbox_tar::shown(key)),
+            "rootbox applies path, linkpath, size, uid, gid, mtime, SCHILY.xattr.* and \
+             GNU.sparse.* records",
+        );
+    }
+    let mtime = stored_time(entry.mtime);
+    if mtime != entry.mtime {
+        report.sanitised(
+            Some(path),
+            SanitisedKind::Time,
+            format!("mtime {} stored as {}", time_text(entry.mtime), time_text(mtime)),
+            "ext4 stores times from 1901-12-13 to 2446-05-10 (whole seconds at either end)",
+        );
+    }
+    let mut xattrs = Vec::with_capacity(entry.xattrs.len());
     let mut total = 0usize;
-    for (key, value) in records {
-        if key == b"mtime" {
-            let s = std::str::from_utf8(value).map_err(|_| MetaError::Header("mtime"))?;
-            pax.mtime = Some(parse_pax_time(s)?);
-        } else if let Some(name) = key.strip_prefix(SCHILY_XATTR.as_bytes()) {
-            let name = std::str::from_utf8(name).map_err(|_| MetaError::XattrName)?;
-            if name.is_empty() {
-                return Err(MetaError::XattrName);
-            }
-            if value.len() > limits.max_xattr_value as usize {
-                return Err(MetaError::XattrValue {
-                    name: name.to_string(),
-                    len: value.len(),
-                    max: limits.max_xattr_value,
-                });
-            }
-            total += name.len() + value.len();
-            if total > limits.max_xattr_total as usize {
-                return Err(MetaError::XattrTotal { len: total, max: limits.max_xattr_total });
-            }
-            pax.xattrs.push((name.to_string(), value.to_vec()));
-        } else if key.starts_with(b"LIBARCHIVE.xattr.") {
-            pax.ignored.push(String::from_utf8_lossy(key).into_owned());
+    for (name, value) in &entry.xattrs {
+        if value.len() > limits.max_xattr_value as usize {
+            return Err(MetaError::XattrValue {
+                name: rootbox_tar::shown(name),
+                len: value.len(),
+                max: limits.max_xattr_value,
+            });
         }
+        total += name.len() + value.len();
+        if total > limits.max_xattr_total as usize {
+            return Err(MetaError::XattrTotal { len: total, max: limits.max_xattr_total });
+        }
+        if name.starts_with(b"trusted.") {
+            report.sanitised(
+                Some(path),
+                SanitisedKind::Xattr,
+                format!("xattr {}", rootbox_tar::shown(name)),
+                "trusted.* xattrs are not carried into images",
+            );
+            continue;
+        }
+        xattrs.push((name.clone(), value.clone()));
     }
-    Ok(pax)
-}
-
-/// Builds the entry's metadata from its header and PAX records.
-pub fn read_meta(header: &tar::Header, pax: Pax) -> Result<Meta, MetaError> {
-    let mode = header.mode().map_err(|_| MetaError::Header("mode"))? & 0o7777;
-    let uid = header.uid().map_err(|_| MetaError::Header("uid"))?;
-    let gid = header.gid().map_err(|_| MetaError::Header("gid"))?;
-    let uid = u32::try_from(uid).map_err(|_| MetaError::Header("uid"))?;
-    let gid = u32::try_from(gid).map_err(|_| MetaError::Header("gid"))?;
-    let mtime = match pax.mtime {
-        Some(t) => t,
-        None => {
-            let m = header.mtime().map_err(|_| MetaError::Header("mtime"))?;
-            Time { sec: i64::try_from(m).map_err(|_| MetaError::Header("mtime"))?, nsec: 0 }
-        }
-    };
-    Ok(Meta { mode, uid, gid, mtime, xattrs: pax.xattrs })
+    Ok(Meta { mode: (entry.mode & 0o7777) as u32, uid: entry.uid, gid: entry.gid, mtime, xattrs })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn entry() -> rootbox_tar::Entry {
+        rootbox_tar::Entry {
+            offset: 0,
+            typeflag: b'0',
+            kind: rootbox_tar::Kind::Regular,
+            name: b"f".to_vec(),
+            link: Vec::new(),
+            mode: 0o104755,
+            uid: 1,
+            gid: 2,
+            mtime: Time { sec: 1_700_000_000, nsec: 5 },
+            size: 0,
+            dev_major: 0,
+            dev_minor: 0,
+            xattrs: Vec::new(),
+            pax: Default::default(),
+            sparse: None,
+            format: rootbox_tar::Format::Ustar,
+        }
+    }
+
+    fn path() -> ImagePath {
+        super::super::name::normalize(b"f", 64).expect("path")
+    }
+
     #[test]
-    fn pax_time_table() {
-        let cases: &[(&str, Option<(i64, u32)>)] = &[
-            ("1700000000", Some((1700000000, 0))),
-            ("1700000000.123456789", Some((1700000000, 123456789))),
-            ("1700000000.5", Some((1700000000, 500000000))),
-            ("1700000000.1234567891234", Some((1700000000, 123456789))),
-            ("4102444800.000000001", Some((4102444800, 1))),
-            ("-1.25", Some((-2, 750000000))),
-            ("-5", Some((-5, 0))),
-            ("", None),
-            ("abc", None),
-            ("1.2.3", None),
-            ("1e9", None),
+    fn times_outside_ext4_are_clamped_and_reported() {
+        let cases = [
+            ((1_700_000_000, 5), (1_700_000_000, 5)),
+            ((TIME_MAX + 1, 7), (TIME_MAX, 0)),
+            ((TIME_MAX, 7), (TIME_MAX, 0)),
+            ((TIME_MIN - 10, 0), (TIME_MIN, 0)),
+            ((TIME_MIN + 1, 9), (TIME_MIN + 1, 9)),
         ];
-        for (s, want) in cases {
-            let got = parse_pax_time(s).ok().map(|t| (t.sec, t.nsec));
-            assert_eq!(got, *want, "parse_pax_time({s:?})");
+        for ((s, n), (ws, wn)) in cases {
+            let mut e = entry();
+            e.mtime = Time { sec: s, nsec: n };
+            let mut r = Report::default();
+            let m = of_entry(&e, &Limits::default(), &path(), &mut r).expect("meta");
+            assert_eq!((m.mtime.sec, m.mtime.nsec), (ws, wn), "{s}.{n}");
+            assert_eq!(r.total(), u64::from((s, n) != (ws, wn)), "{s}.{n}");
         }
     }
 
     #[test]
-    fn xattr_bounds() {
-        let limits = Limits { max_xattr_value: 4, max_xattr_total: 20, ..Limits::default() };
-        let ok = parse_pax(
+    fn trusted_dropped_unknown_pax_reported_bounds_enforced() {
+        let mut e = entry();
+        e.xattrs = vec![
+            (b"security.capability".to_vec(), vec![1, 0, 0, 2]),
+            (b"trusted.overlay.opaque".to_vec(), b"y".to_vec()),
+        ];
+        e.pax.insert(b"LIBARCHIVE.xattr.user.x".to_vec(), b"dg==".to_vec());
+        e.pax.insert(b"atime".to_vec(), b"1".to_vec());
+        let mut r = Report::default();
+        let m = of_entry(&e, &Limits::default(), &path(), &mut r).expect("meta");
+        assert_eq!(m.mode, 0o4755);
+        assert_eq!(m.xattrs, vec![(b"security.capability".to_vec(), vec![1, 0, 0, 2])]);
+        let kinds: Vec<_> = r.records.iter().map(|s| (s.kind, s.what.as_str())).collect();
+        assert_eq!(
+            kinds,
             [
-                (&b"SCHILY.xattr.user.a"[..], &b"1234"[..]),
-                (&b"SCHILY.xattr.security.capability"[..], &b"\x01\x00"[..]),
-            ],
-            &limits,
+                (SanitisedKind::PaxRecord, "PAX record \"LIBARCHIVE.xattr.user.x\""),
+                (SanitisedKind::Xattr, "xattr \"trusted.overlay.opaque\""),
+            ]
         );
-        assert!(ok.is_err(), "total of 6+4 + 19+2 bytes must exceed 20");
-        let big = parse_pax([(&b"SCHILY.xattr.user.a"[..], &b"12345"[..])], &limits);
-        assert!(matches!(big, Err(MetaError::XattrValue { .. })));
-        let fine = parse_pax([(&b"SCHILY.xattr.user.a"[..], &b"12"[..])], &limits).unwrap();
-        assert_eq!(fine.xattrs, vec![("user.a".to_string(), b"12".to_vec())]);
-        let empty = parse_pax([(&b"SCHILY.xattr."[..], &b"1"[..])], &limits);
-        assert_eq!(empty.err(), Some(MetaError::XattrName));
+        let limits = Limits { max_xattr_value: 3, ..Limits::default() };
+        let err = of_entry(&e, &limits, &path(), &mut Report::default());
+        assert!(matches!(err, Err(MetaError::XattrValue { len: 4, .. })), "{err:?}");
+        let limits = Limits { max_xattr_total: 20, ..Limits::default() };
+        let err = of_entry(&e, &limits, &path(), &mut Report::default());
+        assert!(matches!(err, Err(MetaError::XattrTotal { .. })), "{err:?}");
     }
 }

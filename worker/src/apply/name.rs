@@ -33,6 +33,11 @@ pub enum NameError {
 pub struct ImagePath(PathBuf);
 
 impl ImagePath {
+    /// The image root.
+    pub fn root() -> ImagePath {
+        ImagePath(PathBuf::new())
+    }
+
     pub fn is_root(&self) -> bool {
         self.0.as_os_str().is_empty()
     }

@@ -1,94 +1,188 @@
 //! Creating one entry by name in an already-resolved parent directory, and setting its
 //! metadata in the order the kernel requires: content, owner (which clears set-id bits and
-//! file capabilities), mode, xattrs, times.
+//! file capabilities), mode, xattrs, times. Regular files are written sparsely: the holes of
+//! a sparse map are seeked over (never read, never written) and all-zero chunks of data stay
+//! holes too.
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 
-use rustix::fs::{AtFlags, Dev, FileType, Gid, Mode, OFlags, Uid, XattrFlags};
+use rootbox_proto::SanitisedKind;
+use rootbox_tar::Segment;
+use rustix::fs::{AtFlags, Dev, FileType, Mode, OFlags, XattrFlags};
+use rustix::io::Errno;
 
 use super::meta::Meta;
+use super::name::ImagePath;
+use super::ops::Ops;
+use super::report::Report;
 use super::{sys, timestamps, ApplyError};
 
-fn owner(meta: &Meta) -> (Option<Uid>, Option<Gid>) {
-    (Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
+/// The largest file ext4 with 4 KiB blocks holds: 2^32 - 1 blocks (the kernel's s_maxbytes).
+pub const EXT4_MAX_FILE: u64 = ((1 << 32) - 1) * 4096;
+
+/// Where an entry is created: the name in its resolved parent, and the image path that
+/// names it in errors and reports.
+pub struct Place<'a> {
+    pub parent: &'a OwnedFd,
+    pub name: &'a OsStr,
+    pub path: &'a ImagePath,
 }
 
-fn mode(meta: &Meta) -> Mode {
-    Mode::from_raw_mode(meta.mode)
+/// How a regular file's data is laid out in the archive.
+pub enum Content<'a> {
+    /// `size` bytes, in order.
+    Whole { size: u64 },
+    /// The packed data of `segments`, in a file of `size` bytes.
+    Sparse { size: u64, segments: &'a [Segment] },
 }
 
-/// Owner, mode, xattrs and times on an open file or directory.
-pub fn set_meta_fd(fd: &OwnedFd, meta: &Meta, shown: &str) -> Result<(), ApplyError> {
-    let (u, g) = owner(meta);
-    rustix::fs::fchown(fd, u, g).map_err(sys(shown, "chown"))?;
-    rustix::fs::fchmod(fd, mode(meta)).map_err(sys(shown, "chmod"))?;
-    for (name, value) in &meta.xattrs {
-        rustix::fs::fsetxattr(fd, name.as_str(), value, XattrFlags::empty())
-            .map_err(sys(shown, "setting xattr"))?;
+/// Where an xattr the kernel would not take is an image fact to report, not a failure.
+fn unstorable(errno: Errno, name: &[u8]) -> Option<&'static str> {
+    match errno {
+        Errno::OPNOTSUPP => Some("ext4 does not support that xattr namespace"),
+        Errno::PERM if name.starts_with(b"user.") => {
+            Some("the kernel allows user.* xattrs only on regular files and directories")
+        }
+        Errno::NOSPC => Some(
+            "the inode's xattrs would exceed the one 4 KiB block ext4 (without ea_inode) keeps",
+        ),
+        Errno::RANGE | Errno::TOOBIG => Some("the value is larger than ext4 stores"),
+        Errno::INVAL => Some("the kernel refused the value as malformed"),
+        _ => None,
     }
-    rustix::fs::futimens(fd, &timestamps(meta.mtime)).map_err(sys(shown, "setting times"))
 }
 
-/// A regular file: its content written sparsely (all-zero chunks become holes).
-pub fn regular<R: Read>(
-    parent: &OwnedFd,
-    name: &OsStr,
-    src: &mut R,
-    size: u64,
+/// Sets `meta.xattrs` with `set`; a refusal the kernel makes about the image is reported.
+fn set_xattrs(
+    meta: &Meta,
+    path: &ImagePath,
+    report: &mut Report,
+    mut set: impl FnMut(&[u8], &[u8]) -> Result<(), Errno>,
+) -> Result<(), ApplyError> {
+    for (name, value) in &meta.xattrs {
+        if let Err(e) = set(name, value) {
+            match unstorable(e, name) {
+                Some(why) => report.sanitised(
+                    Some(path),
+                    SanitisedKind::Xattr,
+                    format!("xattr {}", rootbox_tar::shown(name)),
+                    format!("{why} ({e})"),
+                ),
+                None => return Err(sys(path, "setting xattr")(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes the xattrs of `fd` that `keep` does not name (an existing directory taking a new
+/// entry's metadata keeps none of its old ones).
+fn remove_other_xattrs(fd: &OwnedFd, keep: &Meta, path: &ImagePath) -> Result<(), ApplyError> {
+    let size = rustix::fs::flistxattr_query(fd).map_err(sys(path, "listing xattrs"))?;
+    if size == 0 {
+        return Ok(());
+    }
+    let mut names = vec![0u8; size];
+    let n = rustix::fs::flistxattr(fd, &mut names).map_err(sys(path, "listing xattrs"))?;
+    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if !keep.xattrs.iter().any(|(k, _)| k == name) {
+            rustix::fs::fremovexattr(fd, OsStr::from_bytes(name))
+                .map_err(sys(path, "removing an old xattr"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Owner, mode, xattrs and times on an open file or directory. `existing`: the inode was
+/// there before (a directory over a directory), so xattrs it should not keep are removed.
+pub fn set_meta_fd(
+    ops: &mut dyn Ops,
+    fd: &OwnedFd,
+    meta: &Meta,
+    existing: bool,
+    path: &ImagePath,
+    report: &mut Report,
+) -> Result<(), ApplyError> {
+    ops.fchown(fd.as_fd(), meta.uid, meta.gid).map_err(sys(path, "chown"))?;
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode)).map_err(sys(path, "chmod"))?;
+    if existing {
+        remove_other_xattrs(fd, meta, path)?;
+    }
+    set_xattrs(meta, path, report, |name, value| {
+        rustix::fs::fsetxattr(fd, OsStr::from_bytes(name), value, XattrFlags::empty())
+    })?;
+    rustix::fs::futimens(fd, &timestamps(meta.mtime)).map_err(sys(path, "setting times"))
+}
+
+/// A regular file: its content from `src` as `content` lays it out.
+pub fn regular(
+    ops: &mut dyn Ops,
+    at: Place<'_>,
+    src: &mut dyn Read,
+    content: Content<'_>,
     meta: &Meta,
     buf: &mut [u8],
-    shown: &str,
+    report: &mut Report,
 ) -> Result<(), ApplyError> {
+    let path = at.path;
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(parent, name, flags, Mode::from_raw_mode(0o600))
-        .map_err(sys(shown, "creating file"))?;
+    let fd = rustix::fs::openat(at.parent, at.name, flags, Mode::from_raw_mode(0o600))
+        .map_err(sys(path, "creating file"))?;
     let file = File::from(fd);
-    let written = copy_sparse(src, &file, buf).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof || e.kind() == io::ErrorKind::InvalidData {
-            ApplyError::Tar(e)
-        } else {
-            ApplyError::Sys { path: shown.into(), op: "writing file content", errno: e }
+    let (size, segments) = match content {
+        Content::Whole { size } => (size, vec![Segment { offset: 0, len: size }]),
+        Content::Sparse { size, segments } => (size, segments.to_vec()),
+    };
+    for s in &segments {
+        let written =
+            copy_sparse(&mut src.take(s.len), &file, s.offset, buf).map_err(|e| match e {
+                Copy::Read(e) => ApplyError::Read(e),
+                Copy::Write(e) => {
+                    ApplyError::Sys { path: path.to_string(), op: "writing file content", errno: e }
+                }
+            })?;
+        if written != s.len {
+            return Err(ApplyError::Read(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{path}: tar stream ended inside the file's data"),
+            )));
         }
-    })?;
-    if written != size {
-        return Err(ApplyError::Tar(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("{shown}: tar stream ended after {written} of {size} bytes"),
-        )));
     }
-    let fd = OwnedFd::from(file);
-    set_meta_fd(&fd, meta, shown)
+    file.set_len(size).map_err(|e| ApplyError::Sys {
+        path: path.to_string(),
+        op: "setting the file's size",
+        errno: e,
+    })?;
+    set_meta_fd(ops, &OwnedFd::from(file), meta, false, path, report)
 }
 
-/// Copies `src` into `dst`, skipping all-zero chunks so they stay holes. Returns bytes copied.
-fn copy_sparse<R: Read>(src: &mut R, dst: &File, buf: &mut [u8]) -> io::Result<u64> {
+enum Copy {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copies `src` to `dst` at `start`, leaving all-zero chunks as holes. Returns bytes copied.
+fn copy_sparse(src: &mut impl Read, dst: &File, start: u64, buf: &mut [u8]) -> Result<u64, Copy> {
     let mut pos: u64 = 0;
-    let mut trailing_hole = false;
     loop {
-        let n = read_full(src, buf)?;
+        let n = read_full(src, buf).map_err(Copy::Read)?;
         if n == 0 {
-            break;
+            return Ok(pos);
         }
         let chunk = &buf[..n];
-        if is_zero(chunk) {
-            trailing_hole = true;
-        } else {
-            dst.write_all_at(chunk, pos)?;
-            trailing_hole = false;
+        if !is_zero(chunk) {
+            dst.write_all_at(chunk, start + pos).map_err(Copy::Write)?;
         }
         pos += n as u64;
     }
-    if trailing_hole {
-        dst.set_len(pos)?;
-    }
-    Ok(pos)
 }
 
-fn read_full<R: Read>(src: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+fn read_full(src: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match src.read(&mut buf[filled..]) {
@@ -111,69 +205,79 @@ fn is_zero(chunk: &[u8]) -> bool {
     any == 0 && words.remainder().iter().all(|&b| b == 0)
 }
 
-/// A symlink. xattrs on symlinks are not carried (user.* is not allowed there by the kernel).
-pub fn symlink(
-    parent: &OwnedFd,
-    name: &OsStr,
-    target: &[u8],
-    meta: &Meta,
-    shown: &str,
-    warn: &mut dyn FnMut(String),
-) -> Result<(), ApplyError> {
-    rustix::fs::symlinkat(OsStr::from_bytes_compat(target), parent, name)
-        .map_err(sys(shown, "creating symlink"))?;
-    let (u, g) = owner(meta);
-    rustix::fs::chownat(parent, name, u, g, AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(sys(shown, "chown"))?;
-    if !meta.xattrs.is_empty() {
-        warn(format!("{shown}: xattrs on a symlink not applied"));
-    }
-    rustix::fs::utimensat(parent, name, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(sys(shown, "setting times"))
-}
-
-/// A device node or fifo.
-pub fn node(
-    parent: &OwnedFd,
-    name: &OsStr,
-    ftype: FileType,
-    dev: Dev,
-    meta: &Meta,
-    shown: &str,
-) -> Result<(), ApplyError> {
-    rustix::fs::mknodat(parent, name, ftype, Mode::from_raw_mode(0o600), dev)
-        .map_err(sys(shown, "creating node"))?;
-    let (u, g) = owner(meta);
-    rustix::fs::chownat(parent, name, u, g, AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(sys(shown, "chown"))?;
-    // `parent/name` is the node just made and nothing else writes here: chmod by name is safe.
-    rustix::fs::chmodat(parent, name, mode(meta), AtFlags::empty()).map_err(sys(shown, "chmod"))?;
-    if !meta.xattrs.is_empty() {
-        // No fd can carry xattrs for a node; address it through the parent's fd.
-        let at = proc_path(parent, name);
-        for (xname, value) in &meta.xattrs {
-            rustix::fs::lsetxattr(&at, xname.as_str(), value, XattrFlags::empty())
-                .map_err(sys(shown, "setting xattr"))?;
-        }
-    }
-    rustix::fs::utimensat(parent, name, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(sys(shown, "setting times"))
-}
-
+/// `/proc/self/fd/N/NAME`: how a name without an fd of its own (a symlink, a node) is given
+/// xattrs, the final component never followed (`lsetxattr`).
 fn proc_path(parent: &OwnedFd, name: &OsStr) -> std::path::PathBuf {
     use std::os::fd::AsRawFd;
     std::path::Path::new(&format!("/proc/self/fd/{}", parent.as_fd().as_raw_fd())).join(name)
 }
 
-trait FromBytesCompat {
-    fn from_bytes_compat(b: &[u8]) -> &OsStr;
+fn lset_xattrs(
+    parent: &OwnedFd,
+    name: &OsStr,
+    meta: &Meta,
+    path: &ImagePath,
+    report: &mut Report,
+) -> Result<(), ApplyError> {
+    if meta.xattrs.is_empty() {
+        return Ok(());
+    }
+    let at = proc_path(parent, name);
+    set_xattrs(meta, path, report, |xname, value| {
+        rustix::fs::lsetxattr(&at, OsStr::from_bytes(xname), value, XattrFlags::empty())
+    })
 }
 
-impl FromBytesCompat for OsStr {
-    fn from_bytes_compat(b: &[u8]) -> &OsStr {
-        use std::os::unix::ffi::OsStrExt;
-        OsStr::from_bytes(b)
-    }
+/// A symlink, owned and timed; its xattrs where the kernel takes them (not user.*).
+pub fn symlink(
+    ops: &mut dyn Ops,
+    at: Place<'_>,
+    target: &[u8],
+    meta: &Meta,
+    report: &mut Report,
+) -> Result<(), ApplyError> {
+    let Place { parent, name, path } = at;
+    rustix::fs::symlinkat(OsStr::from_bytes(target), parent, name)
+        .map_err(sys(path, "creating symlink"))?;
+    ops.lchownat(parent.as_fd(), name, meta.uid, meta.gid).map_err(sys(path, "chown"))?;
+    lset_xattrs(parent, name, meta, path, report)?;
+    rustix::fs::utimensat(parent, name, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(sys(path, "setting times"))
+}
+
+/// A device node or fifo.
+pub fn node(
+    ops: &mut dyn Ops,
+    at: Place<'_>,
+    ftype: FileType,
+    dev: Dev,
+    meta: &Meta,
+    report: &mut Report,
+) -> Result<(), ApplyError> {
+    let Place { parent, name, path } = at;
+    ops.mknodat(parent.as_fd(), name, ftype, dev).map_err(sys(path, "creating node"))?;
+    ops.lchownat(parent.as_fd(), name, meta.uid, meta.gid).map_err(sys(path, "chown"))?;
+    // `parent/name` is the node just made and nothing else writes here: chmod by name is safe.
+    rustix::fs::chmodat(parent, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
+        .map_err(sys(path, "chmod"))?;
+    lset_xattrs(parent, name, meta, path, report)?;
+    rustix::fs::utimensat(parent, name, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(sys(path, "setting times"))
+}
+
+/// An implicit directory again (0755, root, no xattrs): what a directory is when only a
+/// layer's entries under it, not the lower layers, describe it.
+pub fn reset_implicit(ops: &mut dyn Ops, fd: &OwnedFd, path: &ImagePath) -> Result<(), ApplyError> {
+    ops.fchown(fd.as_fd(), 0, 0).map_err(sys(path, "chown"))?;
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(0o755)).map_err(sys(path, "chmod"))?;
+    let none = Meta {
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: rootbox_tar::Time { sec: 0, nsec: 0 },
+        xattrs: Vec::new(),
+    };
+    remove_other_xattrs(fd, &none, path)
 }
 
 #[cfg(test)]
@@ -193,18 +297,23 @@ mod tests {
     }
 
     #[test]
-    fn sparse_copy_keeps_content_and_length() {
-        let dir = std::env::temp_dir().join(format!("rootbox-sparse-{}", std::process::id()));
+    fn sparse_copy_keeps_content_and_leaves_holes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        let f =
+            File::options().create(true).truncate(true).read(true).write(true).open(&p).unwrap();
         let mut data = vec![0u8; 1 << 20];
         data[100] = 7;
-        data.extend(vec![0u8; 1 << 20]); // trailing hole
-        let f =
-            File::options().create(true).truncate(true).read(true).write(true).open(&dir).unwrap();
         let mut buf = vec![0u8; 64 * 1024];
-        let n = copy_sparse(&mut data.as_slice(), &f, &mut buf).unwrap();
-        assert_eq!(n, data.len() as u64);
-        let back = std::fs::read(&dir).unwrap();
-        std::fs::remove_file(&dir).unwrap();
+        let n = copy_sparse(&mut data.as_slice(), &f, 1 << 30, &mut buf).ok();
+        assert_eq!(n, Some(1 << 20));
+        f.set_len((1 << 30) + (2 << 20)).expect("len");
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&p).expect("stat");
+        assert_eq!(m.len(), (1 << 30) + (2 << 20));
+        assert!(m.blocks() * 512 <= 64 * 1024, "only the chunk with data is allocated");
+        let mut back = vec![0u8; 1 << 20];
+        f.read_exact_at(&mut back, 1 << 30).expect("read");
         assert_eq!(back, data);
     }
 }
