@@ -259,10 +259,8 @@ impl BundleReport {
             println!("{}", self.path.display());
             println!("{}", self.sha256.hex());
             println!("{}", self.size_bytes);
-            for w in &self.build.warnings {
-                eprintln!("rootbox: warning: {w}");
-            }
         }
+        self.build.print_notes(json);
         Ok(())
     }
 }

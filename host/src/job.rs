@@ -1,13 +1,13 @@
-//! The host side of one job: hello, job, layers, finish; collects progress, warnings and
-//! the result while layers stream out. A reader thread takes the worker's messages so the
+//! The host side of one job: hello, job, layers, finish; collects progress, warnings,
+//! sanitisation records and the result while layers stream out. A reader thread takes the worker's messages so the
 //! worker never blocks on a full socket while the host is sending.
 
 use std::sync::mpsc;
 use std::time::Duration;
 
 use rootbox_proto::{
-    Control, Hello, JobResult, JobSpec, Phase, ProtoError, Reader, RemoteError, Writer,
-    PROTOCOL_VERSION,
+    Control, Hello, JobResult, JobSpec, Phase, ProtoError, Reader, RemoteError, Sanitised, Writer,
+    PROTOCOL_VERSION, SANITISED_MAX,
 };
 
 use crate::layer::{self, ShipError, Verified};
@@ -57,6 +57,8 @@ pub enum Event {
 pub struct Outcome {
     pub result: JobResult,
     pub warnings: Vec<String>,
+    /// Where the image differs from its layers: at most [`SANITISED_MAX`] records.
+    pub sanitised: Vec<Sanitised>,
     /// What was shipped, in order (the image's layers, then the injected files).
     pub shipped: Vec<Verified>,
 }
@@ -92,17 +94,20 @@ pub fn run(
     let (tx, rx) = mpsc::channel::<Result<Control, ProtoError>>();
     std::thread::spawn(move || loop {
         let msg = rd.read_control();
-        let last = !matches!(msg, Ok(Control::Progress { .. } | Control::Warning { .. }));
+        let last = !matches!(
+            msg,
+            Ok(Control::Progress { .. } | Control::Warning { .. } | Control::Sanitised(_))
+        );
         if tx.send(msg).is_err() || last {
             break;
         }
     });
 
-    let mut warnings = Vec::new();
+    let mut notes = Notes::default();
     let mut early: Option<Result<Control, ProtoError>> = None;
     // Drains what the worker said so far; keeps the first terminal message.
     let pump = |early: &mut Option<Result<Control, ProtoError>>,
-                warnings: &mut Vec<String>,
+                notes: &mut Notes,
                 on_event: &mut dyn FnMut(Event),
                 block: Option<Duration>| {
         loop {
@@ -118,7 +123,12 @@ pub fn run(
             };
             match msg {
                 Ok(Control::Progress { phase, layer }) => on_event(Event::Phase(phase, layer)),
-                Ok(Control::Warning { message }) => warnings.push(message),
+                Ok(Control::Warning { message }) => notes.warnings.push(message),
+                Ok(Control::Sanitised(s)) => {
+                    if notes.sanitised.len() < SANITISED_MAX {
+                        notes.sanitised.push(s);
+                    }
+                }
                 other => {
                     *early = Some(other);
                     return;
@@ -130,7 +140,7 @@ pub fn run(
     let mut ship_err = None;
     let mut shipped = Vec::new();
     for i in 0.. {
-        pump(&mut early, &mut warnings, on_event, None);
+        pump(&mut early, &mut notes, on_event, None);
         if early.is_some() {
             break;
         }
@@ -162,21 +172,28 @@ pub fn run(
     // is reporting: prefer its words over ours.
     while early.is_none() {
         let before = early.is_none();
-        pump(&mut early, &mut warnings, on_event, Some(Duration::from_secs(3600)));
+        pump(&mut early, &mut notes, on_event, Some(Duration::from_secs(3600)));
         if before && early.is_none() {
             break;
         }
     }
     match early {
         Some(Ok(Control::Done(mut result))) => {
-            warnings.append(&mut result.warnings);
-            Ok(Outcome { result, warnings, shipped })
+            notes.warnings.append(&mut result.warnings);
+            Ok(Outcome { result, warnings: notes.warnings, sanitised: notes.sanitised, shipped })
         }
         Some(Ok(Control::Error(remote))) => Err(JobError::Remote(remote)),
         Some(Ok(other)) => Err(lost(format!("unexpected message {other:?}"), worker)),
         Some(Err(e)) => Err(ship_err.unwrap_or_else(|| lost(chain(&e), worker))),
         None => Err(ship_err.unwrap_or_else(|| lost("no answer".into(), worker))),
     }
+}
+
+/// What the worker said besides progress and its verdict.
+#[derive(Default)]
+struct Notes {
+    warnings: Vec<String>,
+    sanitised: Vec<Sanitised>,
 }
 
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -13,7 +13,7 @@ use crate::job::{self, Event};
 use crate::output::{self, Output};
 use crate::pipeline;
 use crate::progress::Progress;
-use crate::report::Report;
+use crate::report::{Report, SanitisedEntry};
 use crate::sandbox::{self, Unavailable};
 use crate::size::{human, SizeArg};
 use crate::source;
@@ -146,6 +146,27 @@ pub fn run(args: &PullArgs) -> Result<Report> {
         injected,
         os_release: outcome.result.os_release.clone(),
         warnings: outcome.warnings,
+        sanitised_total: outcome
+            .result
+            .sanitised
+            .values()
+            .sum::<u64>()
+            .max(outcome.sanitised.len() as u64),
+        sanitised_by_kind: outcome.result.sanitised.clone(),
+        sanitised: outcome
+            .sanitised
+            .into_iter()
+            .map(|s| SanitisedEntry {
+                layer: image
+                    .layers
+                    .get(s.layer as usize)
+                    .map_or_else(|| "injected files".to_string(), |l| l.digest.to_string()),
+                path: s.path,
+                kind: s.kind,
+                what: s.what,
+                why: s.why,
+            })
+            .collect(),
         timings_ms: crate::report::Timings {
             verify: verify_ms,
             sandbox_and_job: job_ms,

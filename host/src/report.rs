@@ -4,9 +4,22 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use rootbox_proto::SanitisedKind;
 use serde::Serialize;
 
 use crate::digest::Digest;
+
+/// One place where the image differs from its layers (see the README's "What the worker
+/// writes").
+#[derive(Debug, Serialize)]
+pub struct SanitisedEntry {
+    /// The layer's digest, or `injected files`.
+    pub layer: String,
+    pub path: String,
+    pub kind: SanitisedKind,
+    pub what: String,
+    pub why: String,
+}
 
 #[derive(Debug, Serialize)]
 pub struct Timings {
@@ -45,6 +58,12 @@ pub struct Report {
     /// The image's os-release fields (ID, VERSION_ID, PRETTY_NAME...), as the worker read them.
     pub os_release: BTreeMap<String, String>,
     pub warnings: Vec<String>,
+    /// The first 1,000 places where the image differs from its layers...
+    pub sanitised: Vec<SanitisedEntry>,
+    /// ...how many there are in all...
+    pub sanitised_total: u64,
+    /// ...and how many of each kind.
+    pub sanitised_by_kind: BTreeMap<SanitisedKind, u64>,
     pub timings_ms: Timings,
 }
 
@@ -56,10 +75,40 @@ impl Report {
             println!("path    {}", self.path.display());
             println!("sha256  {}", self.sha256.hex());
             println!("size    {}", self.size_bytes);
+        }
+        self.print_notes(json);
+        Ok(())
+    }
+
+    /// Warnings (without `--json`; they are in the object with it) and the sanitisation
+    /// summary line, on stderr.
+    pub fn print_notes(&self, json: bool) {
+        if !json {
             for w in &self.warnings {
                 eprintln!("rootbox: warning: {w}");
             }
         }
-        Ok(())
+        if let Some(line) = self.sanitised_summary() {
+            eprintln!("rootbox: {line}");
+        }
+    }
+
+    fn sanitised_summary(&self) -> Option<String> {
+        if self.sanitised_total == 0 {
+            return None;
+        }
+        let kinds: Vec<String> =
+            self.sanitised_by_kind.iter().map(|(k, n)| format!("{}: {n}", k.describe())).collect();
+        Some(format!(
+            "sanitised: the image differs from its layers in {} place{} ({}); --json lists {}",
+            self.sanitised_total,
+            if self.sanitised_total == 1 { "" } else { "s" },
+            kinds.join(", "),
+            if self.sanitised_total as usize > self.sanitised.len() {
+                format!("the first {}", self.sanitised.len())
+            } else {
+                "them".to_string()
+            }
+        ))
     }
 }

@@ -15,7 +15,7 @@ mod header;
 pub mod pax;
 mod sparse;
 
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 
 pub use error::{Error, Why};
 pub use header::{Format, BLOCK};
@@ -155,6 +155,8 @@ pub struct Archive<R> {
     /// Padding after the current entry's data.
     pad: u64,
     state: State,
+    /// Skips data by seeking (see [`Archive::seekable`]).
+    seek: Option<fn(&mut R, u64) -> io::Result<()>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -193,7 +195,7 @@ impl<R: Read> Archive<R> {
     }
 
     pub fn with_limits(r: R, limits: Limits) -> Self {
-        Archive { r, limits, pos: 0, left: 0, pad: 0, state: State::Reading }
+        Archive { r, limits, pos: 0, left: 0, pad: 0, state: State::Reading, seek: None }
     }
 
     /// Bytes of the stream consumed so far.
@@ -600,11 +602,29 @@ impl<R: Read> Archive<R> {
         Ok(n)
     }
 
-    /// Discards up to `n` bytes; returns how many there were.
+    /// Discards up to `n` bytes; returns how many there were (when seeking: `n`; a stream
+    /// cut short then shows as a truncated header or as a member past the end of the file).
     fn skip(&mut self, n: u64) -> Result<u64, Error> {
+        if let Some(seek) = self.seek {
+            seek(&mut self.r, n).map_err(Error::Io)?;
+            self.pos += n;
+            return Ok(n);
+        }
         let copied = io::copy(&mut (&mut self.r).take(n), &mut io::sink()).map_err(Error::Io)?;
         self.pos += copied;
         Ok(copied)
+    }
+}
+
+impl<R: Read + Seek> Archive<R> {
+    /// A reader that seeks over the data it is not asked for (listing a large archive
+    /// without reading its members). Positions are relative to where `r` stands.
+    pub fn seekable(r: R) -> Self {
+        fn seek<R: Seek>(r: &mut R, n: u64) -> io::Result<()> {
+            let n = i64::try_from(n).map_err(|_| io::Error::other("a seek past 2^63 bytes"))?;
+            r.seek(SeekFrom::Current(n)).map(drop)
+        }
+        Archive { seek: Some(seek::<R>), ..Self::new(r) }
     }
 }
 

@@ -314,3 +314,20 @@ fn sparse_maps_must_match_their_data() {
     support::pax_sparse_0x(&mut t, b"s", 5, &segs(&[(0, 10)]), false);
     assert!(matches!(refusal(&t.end()), Why::Sparse(_)));
 }
+
+#[test]
+fn a_seekable_archive_lists_members_where_their_data_is() {
+    let mut t = Tar::new();
+    t.file(b"a", &[1u8; 5000]).pax(&[(b"path", b"long/name")]).file(b"b", b"xyz");
+    let bytes = t.end();
+    let mut a = Archive::seekable(std::io::Cursor::new(&bytes));
+    let mut seen = Vec::new();
+    while let Some(Member::Entry(e)) = a.next_member().expect("lists") {
+        let at = a.position() as usize;
+        seen.push((e.name.clone(), bytes[at..at + e.size as usize].to_vec()));
+    }
+    assert_eq!(
+        seen,
+        vec![(b"a".to_vec(), vec![1u8; 5000]), (b"long/name".to_vec(), b"xyz".to_vec())]
+    );
+}

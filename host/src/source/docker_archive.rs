@@ -41,6 +41,17 @@ impl DockerArchive {
         Self { path, name: name.to_string() }
     }
 
+    fn listing(&self, e: rootbox_tar::Error) -> SourceError {
+        match e {
+            rootbox_tar::Error::Io(source) => SourceError::Io {
+                what: format!("{}: listing members", self.name),
+                path: self.path.clone(),
+                source,
+            },
+            refused => SourceError::Invalid(format!("{}: {refused}", self.name)),
+        }
+    }
+
     fn io(&self, what: &str) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
         let what = format!("{}: {what}", self.name);
         move |source| SourceError::Io { what, path: self.path.clone(), source }
@@ -54,21 +65,18 @@ impl DockerArchive {
             }
             _ => SourceError::Io { what: self.name.clone(), path: self.path.clone(), source: e },
         })?;
-        let mut ar = tar::Archive::new(std::io::BufReader::new(f));
+        let mut ar = rootbox_tar::Archive::seekable(std::io::BufReader::new(f));
         let mut out = HashMap::new();
-        for e in ar.entries_with_seek().map_err(self.io("listing members"))? {
-            let e = e.map_err(self.io("listing members"))?;
-            let name = normalize(&String::from_utf8_lossy(&e.path_bytes()));
-            let m = match e.header().entry_type() {
-                tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    Member::File { offset: e.raw_file_position(), len: e.size() }
+        while let Some(member) = ar.next_member().map_err(|e| self.listing(e))? {
+            let rootbox_tar::Member::Entry(e) = member else { continue };
+            let name = normalize(&String::from_utf8_lossy(&e.name));
+            let m = match e.kind {
+                rootbox_tar::Kind::Regular if e.sparse.is_none() => {
+                    Member::File { offset: ar.position(), len: e.size }
                 }
-                tar::EntryType::Symlink | tar::EntryType::Link => {
-                    let target = e
-                        .link_name_bytes()
-                        .map(|b| String::from_utf8_lossy(&b).into_owned())
-                        .unwrap_or_default();
-                    let target = if e.header().entry_type() == tar::EntryType::Symlink {
+                rootbox_tar::Kind::Symlink | rootbox_tar::Kind::Link => {
+                    let target = String::from_utf8_lossy(&e.link).into_owned();
+                    let target = if e.kind == rootbox_tar::Kind::Symlink {
                         let dir = Path::new(&name)
                             .parent()
                             .map(|p| p.to_string_lossy().into_owned())
