@@ -11,7 +11,7 @@ FIXTURES     := $(BUILD)/fixtures
 ROOTBOX      := $(CURDIR)/target/release/rootbox
 WORKER_BIN   := $(CURDIR)/target/$(TARGET)/release/rootbox-worker
 FIXTURE_BIN  := $(CURDIR)/target/release/rootbox-fixture
-APT_PACKAGES := e2fsprogs debootstrap busybox-static zstd tar gzip binutils util-linux ca-certificates \
+APT_PACKAGES := e2fsprogs debootstrap busybox-static zstd tar gzip binutils util-linux ca-certificates python3 \
                 qemu-system-x86 cpio docker-registry skopeo apache2-utils
 
 .PHONY: all setup build worker image vsock-tool demo test unit lint fmt bench bench-pull clean

@@ -3,6 +3,7 @@
 //! passes silently.
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 /// Where the things under test live.
 #[derive(Clone, Debug)]
@@ -93,6 +94,69 @@ pub fn require(test: &str) -> Option<Env> {
 macro_rules! require_root {
     () => {
         match $crate::guard::require(
+            ::std::thread::current().name().unwrap_or(::std::module_path!()),
+        ) {
+            Some(env) => env,
+            None => return,
+        }
+    };
+}
+
+pub fn runs(program: &Path, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn vsock_daemon_present() -> bool {
+    let mut candidates = vec![PathBuf::from("vhost-device-vsock")];
+    if let Some(c) = std::env::var_os("CARGO_HOME") {
+        candidates.push(PathBuf::from(c).join("bin/vhost-device-vsock"));
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(h).join(".cargo/bin/vhost-device-vsock"));
+    }
+    Path::new("/dev/vhost-vsock").exists() || candidates.iter().any(|c| runs(c, "--version"))
+}
+
+/// Why the VM tests cannot run here, beyond what `guard::missing` checks.
+pub fn vm_missing(env: &Env) -> Option<String> {
+    if !runs(Path::new("qemu-system-x86_64"), "--version") {
+        return Some("qemu-system-x86_64 is not installed".into());
+    }
+    for f in ["vmlinux", "initramfs.cpio.gz"] {
+        if !env.worker_image.join(f).is_file() {
+            return Some(format!("{} has no {f} (make image)", env.worker_image.display()));
+        }
+    }
+    if !vsock_daemon_present() {
+        return Some("neither vhost-device-vsock (make vsock-tool) nor /dev/vhost-vsock".into());
+    }
+    None
+}
+
+/// Like [`require`], and the microVM sandbox must be able to run too.
+pub fn require_vm(test: &str) -> Option<Env> {
+    let env = require(test)?;
+    match vm_missing(&env) {
+        None => Some(env),
+        Some(why) if strict() => panic!("{test}: ROOTBOX_STRICT=1 and {why}"),
+        Some(why) => {
+            eprintln!("SKIP: {test}: {why}");
+            None
+        }
+    }
+}
+
+/// `let env = require_vm!();`: as [`require_root!`](crate::require_root), and QEMU, the
+/// worker kernel and initramfs and a vsock backend must be there too.
+#[macro_export]
+macro_rules! require_vm {
+    () => {
+        match $crate::guard::require_vm(
             ::std::thread::current().name().unwrap_or(::std::module_path!()),
         ) {
             Some(env) => env,

@@ -27,68 +27,11 @@ use rootbox_tests::run::{
 };
 use rootbox_tests::scene::Scene;
 use rootbox_tests::tree::{assert_same, Kind, Tree};
-use rootbox_tests::{guard, snapshot, Env};
+use rootbox_tests::{guard, require_vm, snapshot, Env};
 
 // ---------------------------------------------------------------------------------------------
 // Guard
 // ---------------------------------------------------------------------------------------------
-
-fn runs(program: &Path, arg: &str) -> bool {
-    Command::new(program)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn vsock_daemon_present() -> bool {
-    let mut candidates = vec![PathBuf::from("vhost-device-vsock")];
-    if let Some(c) = std::env::var_os("CARGO_HOME") {
-        candidates.push(PathBuf::from(c).join("bin/vhost-device-vsock"));
-    }
-    if let Some(h) = std::env::var_os("HOME") {
-        candidates.push(PathBuf::from(h).join(".cargo/bin/vhost-device-vsock"));
-    }
-    Path::new("/dev/vhost-vsock").exists() || candidates.iter().any(|c| runs(c, "--version"))
-}
-
-/// Why the VM tests cannot run here, beyond what `guard::missing` checks.
-fn vm_missing(env: &Env) -> Option<String> {
-    if !runs(Path::new("qemu-system-x86_64"), "--version") {
-        return Some("qemu-system-x86_64 is not installed".into());
-    }
-    for f in ["vmlinux", "initramfs.cpio.gz"] {
-        if !env.worker_image.join(f).is_file() {
-            return Some(format!("{} has no {f} (make image)", env.worker_image.display()));
-        }
-    }
-    if !vsock_daemon_present() {
-        return Some("neither vhost-device-vsock (make vsock-tool) nor /dev/vhost-vsock".into());
-    }
-    None
-}
-
-fn require_vm(test: &str) -> Option<Env> {
-    let env = guard::require(test)?;
-    match vm_missing(&env) {
-        None => Some(env),
-        Some(why) if guard::strict() => panic!("{test}: ROOTBOX_STRICT=1 and {why}"),
-        Some(why) => {
-            eprintln!("SKIP: {test}: {why}");
-            None
-        }
-    }
-}
-
-macro_rules! require_vm {
-    () => {
-        match require_vm(::std::thread::current().name().unwrap_or(::std::module_path!())) {
-            Some(env) => env,
-            None => return,
-        }
-    };
-}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -154,7 +97,16 @@ fn assert_same_build(what: &str, container: &Tree, vm: &Tree) {
 }
 
 fn same_reports(vm: &serde_json::Value, container: &serde_json::Value) {
-    for field in ["entries", "inodes", "uncompressed_bytes", "layers", "diff_ids", "warnings"] {
+    for field in [
+        "entries",
+        "inodes",
+        "uncompressed_bytes",
+        "layers",
+        "diff_ids",
+        "warnings",
+        "sanitised",
+        "sanitised_total",
+    ] {
         assert_eq!(vm[field], container[field], "{field} differs between vm and container");
     }
 }
@@ -335,9 +287,12 @@ fn handmade_in_vm_matches_expectation_and_container() {
     assert_same("hand-made through the VM", &handmade::expected(), &vm);
     assert_same_build("hand-made: VM result vs container result", &container, &vm);
     same_reports(&vm_json, &c_json);
-    for w in handmade::WARNINGS {
-        let warnings = vm_json["warnings"].to_string();
-        assert!(warnings.contains(w), "no VM warning mentions {w:?}: {warnings}");
+    for (kind, path) in handmade::SANITISED {
+        let records = vm_json["sanitised"].as_array().cloned().unwrap_or_default();
+        assert!(
+            records.iter().any(|r| r["kind"] == *kind && r["path"] == *path),
+            "no VM sanitisation record ({kind}, {path}): {records:?}"
+        );
     }
 }
 
