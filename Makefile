@@ -61,10 +61,12 @@ demo: setup build image
 	@echo "demo: $(CURDIR)/demo.ext4 built; inspect with: e2fsck -fn demo.ext4; debugfs -R 'ls -l /' demo.ext4"
 
 ## test: unit tests, then end-to-end and hostile-input tests as root (ROOTBOX_STRICT=1:
-## a missing capability fails instead of skipping).
+## a missing capability fails instead of skipping). PROPTEST_CASES: archives per property of
+## the tar differential test (tar/tests/differential.rs).
+PROPTEST_CASES ?= 1000
 test: setup build image vsock-tool
 	tests/fixtures/debian-minbase.sh $(FIXTURES)
-	ROOTBOX_STRICT=1 ROOTBOX_BIN=$(ROOTBOX) ROOTBOX_WORKER_IMAGE=$(IMAGE_DIR) \
+	ROOTBOX_STRICT=1 ROOTBOX_BIN=$(ROOTBOX) ROOTBOX_WORKER_IMAGE=$(IMAGE_DIR) PROPTEST_CASES=$(PROPTEST_CASES) \
 	  $(CARGO) test --release --locked --workspace -- --test-threads=2
 
 unit:
