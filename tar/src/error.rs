@@ -42,6 +42,11 @@ pub enum Why {
     GnuTimes(&'static str),
     PrefixArea(&'static str),
     V7Device,
+    SolarisHeader,
+    PrefixSlash,
+    LongNameUnterminated,
+    LongNameSlash,
+    MetaPadding(&'static str),
     Truncated(&'static str),
     LoneZeroBlock,
     NegativeSize(i64),
@@ -105,6 +110,27 @@ impl fmt::Display for Why {
             Why::V7Device => f.write_str(
                 "a device in a v7 header, which has no device number fields (Go reads none, \
                  Python's tarfile reads the bytes where ustar keeps them)",
+            ),
+            Why::SolarisHeader => f.write_str(
+                "a Solaris extended header ('X'): GNU tar and Python's tarfile apply it to the \
+                 next entry like a PAX header, Go's archive/tar reads it as an entry",
+            ),
+            Why::PrefixSlash => f.write_str(
+                "a ustar prefix with an empty name field (readers disagree on whether it \
+                 names a directory)",
+            ),
+            Why::LongNameUnterminated => f.write_str(
+                "a GNU long name without its NUL inside the declared size (Python's tarfile \
+                 reads on into the padding, Go and GNU tar stop at the size)",
+            ),
+            Why::MetaPadding(what) => write!(
+                f,
+                "bytes in the padding after a {what} (Python's tarfile reads them as more \
+                 records, Go and GNU tar stop at the size)"
+            ),
+            Why::LongNameSlash => f.write_str(
+                "a v7 file header whose long name or PAX path ends in '/' (Go and GNU tar make \
+                 it a directory, Python's tarfile a file)",
             ),
             Why::Truncated(what) => write!(f, "the stream ends inside {what}"),
             Why::LoneZeroBlock => f.write_str(

@@ -205,6 +205,9 @@ pub fn fields(b: &[u8; BLOCK]) -> Result<Fields, Why> {
             // Go reads no device numbers from v7 headers, Python's tarfile reads them anyway.
             return Err(Why::V7Device);
         }
+        // Python parses the device fields of every header (and gives up on garbage there).
+        num(329..337, "devmajor")?;
+        num(337..345, "devminor")?;
         return Ok(f);
     }
     f.dev_major = num(329..337, "devmajor")?;
@@ -235,6 +238,11 @@ pub fn fields(b: &[u8; BLOCK]) -> Result<Fields, Why> {
         Format::V7 => &[],
     };
     if !prefix.is_empty() {
+        if f.name.is_empty() {
+            // `prefix/`: Go and GNU tar judge a trailing slash on the joined name, Python's
+            // tarfile on the name field alone (an AREGTYPE becomes a directory or not).
+            return Err(Why::PrefixSlash);
+        }
         let mut name = prefix.to_vec();
         name.push(b'/');
         name.extend_from_slice(&f.name);

@@ -260,6 +260,9 @@ impl<R: Read> Archive<R> {
                 return Err(refuse(Why::NegativeSize(f.size)));
             }
             let kind = Kind::of(f.typeflag);
+            if f.typeflag == b'X' {
+                return Err(refuse(Why::SolarisHeader));
+            }
             match f.typeflag {
                 b'x' | b'g' | b'L' | b'K' => {
                     pending.offset.get_or_insert(at);
@@ -288,6 +291,11 @@ impl<R: Read> Archive<R> {
                             return Ok(Some(Member::Global(Global { offset: at, records })));
                         }
                         flag => {
+                            // GNU tar and Go write the NUL inside the size; without it Python's
+                            // tarfile reads on into the padding, the others stop at the size.
+                            if !body.contains(&0) {
+                                return Err(refuse(Why::LongNameUnterminated));
+                            }
                             let name = header::c_string(&body).to_vec();
                             let (slot, what) = if flag == b'L' {
                                 (&mut pending.long_name, "name")
@@ -404,7 +412,11 @@ impl<R: Read> Archive<R> {
         }
         let mut kind = kind;
         if name.ends_with(b"/") {
+            let from_header = name == f.name;
             match f.typeflag {
+                // Python's tarfile decides on the header's own name field, before long names
+                // and PAX paths; Go and GNU tar on the final name.
+                0 if !from_header => return Err(refuse(&name, Why::LongNameSlash)),
                 0 => kind = Kind::Dir,
                 b'0' | b'7' => return Err(refuse(&name, Why::TrailingSlash)),
                 _ => {}
@@ -523,11 +535,22 @@ impl<R: Read> Archive<R> {
     fn old_gnu_map(&mut self, block: &[u8; BLOCK]) -> Result<Vec<Segment>, Why> {
         let max = self.limits.max_sparse_segments;
         let mut map = Vec::new();
-        let add = |entries: &[u8], map: &mut Vec<Segment>| -> Result<(), Why> {
-            for e in entries.chunks_exact(24) {
-                let Some((offset, len)) = header::gnu_sparse_entry(e)? else { break };
+        let add = |entries: &[u8], map: &mut Vec<Segment>, extension: bool| -> Result<(), Why> {
+            for (i, e) in entries.chunks_exact(24).enumerate() {
+                let Some((offset, len)) = header::gnu_sparse_entry(e)? else {
+                    // Go and GNU tar stop here; Python's tarfile reads on (and fails, or
+                    // takes more segments) unless the rest is empty.
+                    if entries[i * 24..].iter().any(|&b| b != 0) {
+                        return Err(Why::Sparse("bytes after the end of an old-GNU map"));
+                    }
+                    break;
+                };
                 if offset < 0 || len < 0 {
                     return Err(Why::Sparse("a negative offset or length"));
+                }
+                if extension && offset == 0 && len > 0 {
+                    // Go and GNU tar keep it, Python's tarfile skips extension entries at 0.
+                    return Err(Why::Sparse("data at offset 0 in an extension block"));
                 }
                 if map.len() == max {
                     return Err(Why::SparseTooMany(max));
@@ -536,14 +559,14 @@ impl<R: Read> Archive<R> {
             }
             Ok(())
         };
-        add(&block[386..482], &mut map)?;
+        add(&block[386..482], &mut map, false)?;
         let mut extended = block[482] != 0;
         while extended {
             let mut ext = [0u8; BLOCK];
             if self.read_block(&mut ext).map_err(|_| Why::Truncated("a sparse map"))? != BLOCK {
                 return Err(Why::Truncated("a sparse extension block"));
             }
-            add(&ext[..504], &mut map)?;
+            add(&ext[..504], &mut map, true)?;
             extended = ext[504] != 0;
         }
         Ok(map)
@@ -562,9 +585,14 @@ impl<R: Read> Archive<R> {
         if n < body.len() {
             return Err(self.refuse(None, Why::Truncated(what)));
         }
-        let pad = pad_of(f.size as u64);
-        if self.skip(pad)? < pad {
+        // Python's tarfile parses records over the whole padded block, Go only the size:
+        // the padding must hold nothing to read.
+        let mut pad = vec![0u8; pad_of(f.size as u64) as usize];
+        if self.read_full(&mut pad)? < pad.len() {
             return Err(self.refuse(None, Why::Truncated(what)));
+        }
+        if pad.iter().any(|&b| b != 0) {
+            return Err(self.refuse(None, Why::MetaPadding(what)));
         }
         Ok(body)
     }

@@ -13,7 +13,8 @@
 //! headers. A second property corrupts header bytes of generated archives and requires that
 //! whatever this crate still accepts, Python reads the same.
 //!
-//! `PROPTEST_CASES` sets the number of archives per property (default 256).
+//! `PROPTEST_CASES` sets the number of archives per property (default 256);
+//! `ROOTBOX_TAR_DIFF_DUMP=DIR` writes the first archive the readers disagree on to DIR.
 
 mod support;
 
@@ -134,22 +135,27 @@ fn ours(bytes: &[u8]) -> Result<Vec<Read1>, String> {
     }
 }
 
-/// `ours` up to a refusal, with the refusal.
-fn ours_until_refused(bytes: &[u8]) -> (Vec<Read1>, Option<String>) {
+/// `ours` up to a refusal, with the refusal; `None` when a global header carries records
+/// (Python applies them to later entries, Go does not: rootbox reports them instead).
+fn ours_until_refused(bytes: &[u8]) -> Option<(Vec<Read1>, Option<String>)> {
     let mut a = Archive::new(bytes);
     let mut out = Vec::new();
     loop {
         match a.next_member() {
-            Ok(None) => return (out, None),
-            Ok(Some(Member::Global(_))) => {}
+            Ok(None) => return Some((out, None)),
+            Ok(Some(Member::Global(g))) => {
+                if g.records.keys().any(|k| k != b"comment") {
+                    return None;
+                }
+            }
             Ok(Some(Member::Entry(e))) => {
                 let mut data = Vec::new();
                 if let Err(err) = a.data().read_to_end(&mut data) {
-                    return (out, Some(err.to_string()));
+                    return Some((out, Some(err.to_string())));
                 }
                 out.push(describe(&e, &data));
             }
-            Err(e) => return (out, Some(e.to_string())),
+            Err(e) => return Some((out, Some(e.to_string()))),
         }
     }
 }
@@ -197,7 +203,10 @@ fn describe(e: &Entry, data: &[u8]) -> Read1 {
 
 fn from_python(v: &Value) -> Read1 {
     let hex_of = |k: &str| hex::decode(v[k].as_str().expect("hex field")).expect("hex");
-    let int = |k: &str| v[k].as_i64().unwrap_or_else(|| panic!("{k} is not an integer: {v}"));
+    // A value outside i64 (Python's integers are unbounded) cannot equal this crate's
+    // reading: it becomes a sentinel that makes any comparison with an accepted entry fail.
+    let num = |x: &Value| x.as_i64().unwrap_or(i64::MIN);
+    let int = |k: &str| num(&v[k]);
     let kind: &'static str = match v["kind"].as_str().expect("kind") {
         "regular" => "regular",
         "link" => "link",
@@ -218,7 +227,9 @@ fn from_python(v: &Value) -> Read1 {
             (h(0), h(1))
         })
         .collect();
-    let mtime = v["mtime"].as_array().expect("mtime");
+    let mtime = v["mtime"].as_array().cloned().unwrap_or_default();
+    let mtime =
+        [mtime.first().cloned().unwrap_or_default(), mtime.get(1).cloned().unwrap_or_default()];
     Read1 {
         name: hex_of("name"),
         kind,
@@ -226,7 +237,7 @@ fn from_python(v: &Value) -> Read1 {
         mode: int("mode"),
         uid: int("uid") as u64,
         gid: int("gid") as u64,
-        mtime: (mtime[0].as_i64().expect("sec"), mtime[1].as_u64().expect("nsec") as u32),
+        mtime: (num(&mtime[0]), num(&mtime[1]) as u32),
         size: (kind == "regular").then(|| int("size") as u64),
         dev: (int("devmajor"), int("devminor")),
         xattrs,
@@ -234,8 +245,13 @@ fn from_python(v: &Value) -> Read1 {
     }
 }
 
-/// Python reads the device numbers of every header; only devices' carry meaning.
+/// Python reads the device numbers of every header; only devices' carry meaning. Names are
+/// compared without trailing slashes: Python strips them from every PAX path, Go keeps them,
+/// and rootbox's applier drops them (a regular file named with one is refused).
 fn comparable(mut r: Read1) -> Read1 {
+    while r.name.len() > 1 && r.name.ends_with(b"/") {
+        r.name.pop();
+    }
     if !matches!(r.kind, "char" | "block") {
         r.dev = (0, 0);
     }
@@ -243,6 +259,16 @@ fn comparable(mut r: Read1) -> Read1 {
         r.link.clear();
     }
     r
+}
+
+/// Keeps the first disagreeing archive where `ROOTBOX_TAR_DIFF_DUMP` says.
+fn dump(bytes: &[u8]) {
+    if let Some(dir) = std::env::var_os("ROOTBOX_TAR_DIFF_DUMP") {
+        let p = Path::new(&dir).join("disagreement.tar");
+        if !p.exists() {
+            let _ = std::fs::write(&p, bytes);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -347,6 +373,12 @@ fn body() -> impl Strategy<Value = Body> {
 }
 
 fn xattr_name() -> impl Strategy<Value = Vec<u8>> {
+    // Any byte but NUL and '=' (which ends a PAX key), the rest of the name never empty.
+    let byte = prop_oneof![
+        8 => prop::sample::select(b"abcdefghijklmnopqrstuvwxyz0123456789._-".to_vec()),
+        1 => prop::sample::select(b" \n\t\\\"'$*?:;,".to_vec()),
+        1 => 0x80u8..=0xff,
+    ];
     (
         prop::sample::select(vec![
             &b"user."[..],
@@ -354,10 +386,9 @@ fn xattr_name() -> impl Strategy<Value = Vec<u8>> {
             b"trusted.",
             b"security.capability",
         ]),
-        prop::collection::vec(name_byte().prop_filter("no '=' in a key", |&c| c != b'='), 0..12),
+        prop::collection::vec(byte, 1..12),
     )
         .prop_map(|(p, rest)| [p, &rest[..]].concat())
-        .prop_filter("non-empty", |n| !n.is_empty() && n != b"user.")
 }
 
 fn gen() -> impl Strategy<Value = Gen> {
@@ -641,6 +672,7 @@ fn split_ustar(name: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
+        failure_persistence: None,
         .. ProptestConfig::default()
     })]
 
@@ -682,15 +714,21 @@ proptest! {
                 reseal(&mut bytes[b * 512..b * 512 + 512]);
             }
         }
-        let (got, refused) = ours_until_refused(&bytes);
+        let Some((got, refused)) = ours_until_refused(&bytes) else { return Ok(()) };
         let py = python_list(&bytes);
         if let Ok(py) = py {
             let py: Vec<Read1> = py.iter().map(from_python).collect();
             // Python stops quietly at a header it cannot read; what both read must agree.
             for (i, (g, p)) in got.iter().zip(&py).enumerate() {
+                if comparable(g.clone()) != comparable(p.clone()) {
+                    dump(&bytes);
+                }
                 prop_assert_eq!(comparable(g.clone()), comparable(p.clone()), "entry {} (refused: {:?})", i, refused);
             }
             if refused.is_none() {
+                if py.len() < got.len() {
+                    dump(&bytes);
+                }
                 prop_assert!(py.len() >= got.len(), "python read {} entries, rootbox {}", py.len(), got.len());
             }
         }
@@ -708,4 +746,30 @@ fn reseal(block: &mut [u8]) {
     block[148..156].fill(b' ');
     let sum: u32 = block.iter().map(|&c| u32::from(c)).sum();
     block[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
+/// `ROOTBOX_TAR_DIFF_DUMP=DIR cargo test --test differential -- --ignored explain`: prints
+/// both readings of DIR/disagreement.tar, entry by entry, where they differ.
+#[test]
+#[ignore = "a debugging aid for archives the properties dumped"]
+fn explain_a_dumped_archive() {
+    let dir = std::env::var_os("ROOTBOX_TAR_DIFF_DUMP").expect("ROOTBOX_TAR_DIFF_DUMP");
+    let bytes = std::fs::read(Path::new(&dir).join("disagreement.tar")).expect("dumped archive");
+    let Some((got, refused)) = ours_until_refused(&bytes) else {
+        return eprintln!("global header records: not compared");
+    };
+    let py = python_list(&bytes).map(|m| m.iter().map(from_python).collect::<Vec<_>>());
+    eprintln!("rootbox: {} entries, refused: {refused:?}", got.len());
+    match py {
+        Err(e) => eprintln!("python refused: {e}"),
+        Ok(py) => {
+            eprintln!("python: {} entries", py.len());
+            for (i, (g, p)) in got.iter().zip(&py).enumerate() {
+                let (g, p) = (comparable(g.clone()), comparable(p.clone()));
+                if g != p {
+                    eprintln!("entry {i}\n  rootbox {g:?}\n  python  {p:?}");
+                }
+            }
+        }
+    }
 }

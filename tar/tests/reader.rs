@@ -245,6 +245,38 @@ fn where_the_readers_disagree_the_archive_is_refused() {
         }),
         Why::OldSparseNotGnu
     );
+    assert_eq!(
+        with(&|t| {
+            t.meta(b'X', &support::records(&[(b"path", b"elsewhere")])).file(b"x", b"");
+        }),
+        Why::SolarisHeader
+    );
+    assert_eq!(
+        with(&|t| {
+            t.meta(b'L', b"no terminator").file(b"x", b"");
+        }),
+        Why::LongNameUnterminated
+    );
+    assert_eq!(
+        with(&|t| {
+            t.pax(&[(b"path", b"dir/")]).header(&Header::new(Style::Ustar, 0, b"dir"));
+        }),
+        Why::LongNameSlash
+    );
+    let mut padded = Tar::new();
+    padded.pax(&[(b"uid", b"1")]);
+    let at = 512 + support::record(b"uid", b"1").len();
+    padded.0[at] = b'9';
+    padded.file(b"x", b"");
+    assert_eq!(refusal(&padded.end()), Why::MetaPadding("PAX extended header"));
+    let mut no_name = Header::new(Style::Ustar, 0, b"");
+    no_name.prefix(b"a/dir");
+    assert_eq!(
+        with(&|t| {
+            t.header(&no_name);
+        }),
+        Why::PrefixSlash
+    );
     let mut lead_nul = Header::new(Style::Ustar, b'0', b"x");
     lead_nul.bytes(108, 8, b"\0\x000017\0\0");
     assert_eq!(

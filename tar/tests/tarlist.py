@@ -38,14 +38,24 @@ def kind(ti):
     return "other"
 
 
+I64 = 1 << 63
+
+
+def fits(n):
+    """An integer as JSON can carry it to the Rust side; None when outside int64."""
+    return n if -I64 <= n < I64 else None
+
+
 def mtime(ti):
     text = ti.pax_headers.get("mtime")
     if text:
         d = decimal.Decimal(text)
+        if not d.is_finite() or abs(d.adjusted()) > 30:
+            return [None, None]
         sec = int(d.to_integral_value(rounding=decimal.ROUND_FLOOR))
         nsec = int(((d - sec) * 1_000_000_000).to_integral_value(rounding=decimal.ROUND_FLOOR))
-        return [sec, nsec]
-    return [int(ti.mtime), 0]
+        return [fits(sec), nsec]
+    return [fits(int(ti.mtime)), 0]
 
 
 def member(tf, ti):
@@ -53,13 +63,13 @@ def member(tf, ti):
         "name": raw(ti.name).hex(),
         "kind": kind(ti),
         "link": raw(ti.linkname).hex(),
-        "mode": ti.mode,
-        "uid": ti.uid,
-        "gid": ti.gid,
+        "mode": fits(ti.mode),
+        "uid": fits(ti.uid),
+        "gid": fits(ti.gid),
         "mtime": mtime(ti),
-        "size": ti.size,
-        "devmajor": ti.devmajor,
-        "devminor": ti.devminor,
+        "size": fits(ti.size),
+        "devmajor": fits(ti.devmajor),
+        "devminor": fits(ti.devminor),
         "xattrs": sorted(
             [raw(k[len("SCHILY.xattr."):]).hex(), raw(v).hex()]
             for k, v in ti.pax_headers.items()
@@ -87,10 +97,10 @@ def main():
     for line in sys.stdin:
         path = line.rstrip("\n")
         try:
-            reply = {"ok": True, "members": listing(path)}
+            reply = json.dumps({"ok": True, "members": listing(path)})
         except Exception as e:  # any refusal is an answer, not a crash
-            reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-        sys.stdout.write(json.dumps(reply) + "\n")
+            reply = json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"})
+        sys.stdout.write(reply + "\n")
         sys.stdout.flush()
 
 
