@@ -8,6 +8,7 @@
 
 mod codec;
 mod message;
+pub mod text;
 
 pub use codec::{Frame, FrameKind, Reader, Writer, CONTROL_MAX, DATA_MAX, HEADER_LEN};
 pub use message::{

@@ -7,6 +7,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::text;
+
 /// Bumped on any incompatible change to frames or messages.
 pub const PROTOCOL_VERSION: u32 = 2;
 
@@ -189,22 +191,64 @@ pub struct RemoteError {
     /// The error and its sources, outermost first.
     #[serde(default)]
     pub causes: Vec<String>,
+    /// The failure is the sandbox's or rootbox's own (a process killed from outside, a
+    /// system call refused), not the image's: the host exits 1, not 4.
+    #[serde(default)]
+    pub internal: bool,
+}
+
+/// Bytes of a path kept in an error, causes kept, and bytes of each: an error always fits a
+/// control frame, whatever name it is about.
+const PATH_SHOWN: usize = 512;
+const CAUSES_MAX: usize = 16;
+const CAUSE_SHOWN: usize = 2048;
+
+impl RemoteError {
+    /// The error cut to what is worth showing (long paths and causes keep their first and
+    /// last bytes and their length): what the worker sends, and what the host keeps of it.
+    pub fn bounded(mut self) -> RemoteError {
+        let cut = |s: &mut String, max: usize| {
+            if s.len() > max {
+                *s = text::shortened(s, max).into_owned();
+            }
+        };
+        cut(&mut self.operation, CAUSE_SHOWN);
+        if let Some(l) = self.layer.as_mut() {
+            cut(l, CAUSE_SHOWN);
+        }
+        if let Some(p) = self.path.as_mut() {
+            cut(p, PATH_SHOWN);
+        }
+        if self.causes.len() > CAUSES_MAX {
+            let dropped = self.causes.len() - CAUSES_MAX;
+            self.causes.truncate(CAUSES_MAX);
+            self.causes.push(format!("({dropped} more causes)"));
+        }
+        for c in &mut self.causes {
+            cut(c, CAUSE_SHOWN);
+        }
+        self
+    }
 }
 
 impl fmt::Display for RemoteError {
+    /// One line, whatever the worker put in it: control characters (newlines included)
+    /// escaped, long fields shortened.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.operation)?;
+        let show =
+            |s: &str, max: usize| text::printable(&text::shortened(s, max), false).into_owned();
+        f.write_str(&show(&self.operation, CAUSE_SHOWN))?;
         if let Some(layer) = &self.layer {
-            write!(f, " (layer {layer}")?;
+            write!(f, " (layer {}", show(layer, CAUSE_SHOWN))?;
             match &self.path {
-                Some(p) => write!(f, ", path {p:?})")?,
+                Some(p) => write!(f, ", path \"{}\")", show(p, PATH_SHOWN))?,
                 None => f.write_str(")")?,
             }
         } else if let Some(p) = &self.path {
-            write!(f, " (path {p:?})")?;
+            write!(f, " (path \"{}\")", show(p, PATH_SHOWN))?;
         }
-        for c in &self.causes {
-            write!(f, ": {c}")?;
+        for c in self.causes.iter().take(CAUSES_MAX + 1) {
+            write!(f, ": {}", show(c, CAUSE_SHOWN))?;
         }
         Ok(())
     }
@@ -267,9 +311,28 @@ mod tests {
                 operation: "x".into(),
                 layer: None,
                 path: None,
-                causes: vec![]
+                causes: vec![],
+                internal: false,
             })
         );
+    }
+
+    #[test]
+    fn a_remote_error_always_fits_a_frame_and_one_line() {
+        let huge = RemoteError {
+            operation: "applying layer 1 of 1".into(),
+            layer: Some("sha256:ab".into()),
+            path: Some(format!("/{}\u{1b}[31m\nfake line", "n".repeat(1 << 20))),
+            causes: (0..100).map(|i| format!("cause {i} {}", "c".repeat(10_000))).collect(),
+            internal: false,
+        };
+        let b = huge.bounded();
+        let json = serde_json::to_vec(&Control::Error(b.clone())).expect("json");
+        assert!(json.len() < crate::CONTROL_MAX as usize, "{} bytes", json.len());
+        assert!(b.path.as_deref().is_some_and(|p| p.ends_with("(1048592 bytes)")), "{:?}", b.path);
+        let line = b.to_string();
+        assert!(!line.contains('\n') && !line.contains('\u{1b}'), "one escaped line");
+        assert!(line.contains("(84 more causes)"), "{}", &line[line.len() - 200..]);
     }
 
     #[test]
@@ -279,6 +342,7 @@ mod tests {
             layer: Some("sha256:ab".into()),
             path: Some("etc/passwd".into()),
             causes: vec!["refusing hardlink outside the image".into()],
+            internal: false,
         };
         assert_eq!(
             e.to_string(),
