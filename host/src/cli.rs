@@ -125,7 +125,7 @@ pub struct PullArgs {
     /// the worker).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub boot_timeout: u64,
-    /// Seconds a microVM job may take in all; 0 for no limit.
+    /// Seconds a job may take in all, in either sandbox; 0 for no limit.
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     pub job_timeout: u64,
 }

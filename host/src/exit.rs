@@ -12,7 +12,15 @@ pub const CONTENT: i32 = 4;
 pub const SANDBOX: i32 = 5;
 
 pub fn classify(e: &anyhow::Error) -> i32 {
+    // Before the worker's I/O error it explains: the host's disk, not the image. (A context,
+    // so found by anyhow's downcast, not in the chain of sources.)
+    if e.downcast_ref::<crate::output::NoSpace>().is_some() {
+        return OTHER;
+    }
     for cause in e.chain() {
+        if cause.is::<crate::output::NoSpace>() {
+            return OTHER;
+        }
         if cause.is::<SourceError>() {
             return SOURCE;
         }
@@ -21,11 +29,51 @@ pub fn classify(e: &anyhow::Error) -> i32 {
         }
         if let Some(j) = cause.downcast_ref::<JobError>() {
             return match j {
+                JobError::Remote(r) if r.internal => OTHER,
                 JobError::Remote(_) => CONTENT,
                 JobError::Source { .. } => SOURCE,
-                JobError::Lost { .. } | JobError::Ship { .. } => OTHER,
+                JobError::Lost { .. }
+                | JobError::Ship { .. }
+                | JobError::Untrusted { .. }
+                | JobError::Timeout(_)
+                | JobError::OutputFull => OTHER,
             };
         }
     }
     OTHER
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::NoSpace;
+    use rootbox_proto::RemoteError;
+
+    fn remote(internal: bool) -> JobError {
+        JobError::Remote(RemoteError {
+            operation: "applying layer 1 of 1".into(),
+            layer: None,
+            path: Some("/data/blob".into()),
+            causes: vec!["Read-only file system (os error 30)".into()],
+            internal,
+        })
+    }
+
+    #[test]
+    fn a_full_disk_is_the_hosts_problem_even_under_the_workers_error() {
+        let full = NoSpace {
+            dir: "/out".into(),
+            mount: "/out".into(),
+            free: 0,
+            total: 1 << 26,
+            written: 1 << 26,
+            needed: 1 << 28,
+        };
+        let e = anyhow::Error::new(remote(false)).context(full).context("building oci:x");
+        assert_eq!(classify(&e), OTHER);
+        let e = anyhow::Error::new(remote(false)).context("building oci:x");
+        assert_eq!(classify(&e), CONTENT);
+        let e = anyhow::Error::new(remote(true)).context("building oci:x");
+        assert_eq!(classify(&e), OTHER);
+    }
 }

@@ -159,12 +159,16 @@ pub enum ShipError {
 }
 
 /// Streams the verified layer's uncompressed bytes as `LayerBegin`, data frames, `LayerEnd`.
+/// Sends one layer. `between` runs after every data frame (the job shows the worker's
+/// progress there and may say stop: the worker has given its verdict); `Ok(false)` when it
+/// said stop.
 pub fn ship<W: Write>(
     layer: &Layer,
     v: &Verified,
     index: u32,
     wr: &mut Writer<W>,
-) -> Result<(), ShipError> {
+    between: &mut dyn FnMut() -> bool,
+) -> Result<bool, ShipError> {
     wr.send(&Control::LayerBegin { index }).map_err(ShipError::Send)?;
     let raw = layer.blob.open().map_err(ShipError::Read)?;
     let mut dec = decoder(v.compression, raw).map_err(ShipError::Read)?;
@@ -179,6 +183,9 @@ pub fn ship<W: Write>(
         };
         wr.send_data(&buf[..n]).map_err(ShipError::Send)?;
         sent += n as u64;
+        if !between() {
+            return Ok(false);
+        }
     }
     if sent != v.uncompressed {
         return Err(ShipError::Read(io::Error::other(format!(
@@ -187,5 +194,6 @@ pub fn ship<W: Write>(
         ))));
     }
     wr.send(&Control::LayerEnd { index, bytes: sent, sha256: v.diff_id.hex().to_string() })
-        .map_err(ShipError::Send)
+        .map_err(ShipError::Send)?;
+    Ok(true)
 }

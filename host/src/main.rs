@@ -43,7 +43,8 @@ fn main() {
         cli::Command::Cache(c) => cache::run(c),
     };
     if let Err(e) = result {
-        eprintln!("rootbox: error: {e:#}");
+        // Escaped: the chain holds names from layers, registry replies and worker words.
+        eprintln!("rootbox: error: {}", rootbox_proto::text::printable(&format!("{e:#}"), true));
         std::process::exit(exit::classify(&e));
     }
 }

@@ -125,6 +125,77 @@ impl Output {
     }
 }
 
+/// The output's filesystem ran out of room (exit code 1: the host, not the image).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the filesystem holding {dir} is full ({free} bytes free of {total}, mounted at {mount}): \
+     the build had written {written} bytes and needs about {needed} in all; free space there \
+     or write the image elsewhere"
+)]
+pub struct NoSpace {
+    pub dir: String,
+    pub mount: String,
+    pub free: u64,
+    pub total: u64,
+    pub written: u64,
+    pub needed: u64,
+}
+
+/// Below this much room for root (f_bfree), the output's filesystem counts as full while a
+/// build runs: a write the worker makes now fails, whatever it is.
+const FULL_BELOW: u64 = 1 << 20;
+
+impl Output {
+    /// A check, cheap enough to poll, of whether the destination's filesystem is full now.
+    pub fn full_check(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let dir = self.dir().to_path_buf();
+        move || {
+            nix::sys::statvfs::statvfs(&dir)
+                .is_ok_and(|st| st.blocks_free().saturating_mul(st.fragment_size()) < FULL_BELOW)
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+    }
+
+    /// After a failed build: whether the destination's filesystem is (nearly) full, which
+    /// explains the failure better than the worker's I/O error can. `needed` estimates the
+    /// space the image needs.
+    pub fn no_space(&self, needed: u64) -> Option<NoSpace> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.dir();
+        let st = nix::sys::statvfs::statvfs(dir).ok()?;
+        let unit = st.fragment_size() as u64;
+        let (free, total) = (st.blocks_available() as u64 * unit, st.blocks() as u64 * unit);
+        // Full: what is left is less than 1% or 16 MiB, whichever is more.
+        if free >= (total / 100).max(16 << 20) {
+            return None;
+        }
+        let written = self.temp.as_file().metadata().map(|m| m.blocks() * 512).unwrap_or(0);
+        Some(NoSpace {
+            dir: dir.display().to_string(),
+            mount: mount_point(dir),
+            free,
+            total,
+            written,
+            needed: needed.max(written),
+        })
+    }
+}
+
+/// The mount point `dir` is on, from /proc/self/mountinfo (the longest one that holds it).
+fn mount_point(dir: &Path) -> String {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| m.replace("\\040", " "))
+        .filter(|m| dir.starts_with(m))
+        .max_by_key(|m| m.len())
+        .unwrap_or_else(|| "?".into())
+}
+
 /// sha256 of a file, reading holes as zeros (as any reader of the image will).
 pub fn sha256_file(path: &Path) -> io::Result<Digest> {
     let mut f = File::open(path)?;

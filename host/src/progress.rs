@@ -38,6 +38,8 @@ impl Progress {
 
     /// One line: `rootbox: MSG`.
     pub fn line(&self, msg: impl Display) {
+        let msg = msg.to_string();
+        let msg = rootbox_proto::text::printable(&msg, false);
         match self.0.as_deref() {
             None => {}
             Some(Mode::Lines) => eprintln!("rootbox: {msg}"),
@@ -99,7 +101,7 @@ impl Download {
             b.set_position(pos);
             b.set_message(note.to_string());
         } else if self.lines && !note.is_empty() {
-            eprintln!("rootbox: {}: {note}", self.label);
+            eprintln!("rootbox: {}: {}", self.label, rootbox_proto::text::printable(note, false));
         }
     }
 

@@ -64,7 +64,8 @@ pub fn run(args: &PullArgs) -> Result<Report> {
     };
     let out = Output::create(&args.output)
         .with_context(|| format!("creating a temp file beside {}", args.output.display()))?;
-    out.set_len(scratch_size(layers.scratch_basis(), exact)).context("sizing the output file")?;
+    let scratch_bytes = scratch_size(layers.scratch_basis(), exact);
+    out.set_len(scratch_bytes).context("sizing the output file")?;
 
     let t = Instant::now();
     let mut worker = sandbox::start(&plan, &wimage, out.file(), &vm_options)?;
@@ -93,13 +94,25 @@ pub fn run(args: &PullArgs) -> Result<Report> {
         Event::Shipped(i) if i < n => say(format!("shipped layer {} of {n}", i + 1)),
         Event::Shipped(_) => say("shipped injected files".into()),
     };
-    let outcome = job::run(worker.as_mut(), &mut layers, spec, &mut on_event);
+    let bounds = job::Bounds {
+        scratch_bytes,
+        timeout: vm_options.job_timeout,
+        output_full: Some(std::sync::Arc::new(out.full_check())),
+    };
+    // About what the image takes: its content and a tenth more for metadata and journal.
+    let needed_estimate = spec.content_hint.saturating_add(spec.content_hint / 10);
+    let outcome = job::run(worker.as_mut(), &mut layers, spec, bounds, &mut on_event);
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
             let reason = worker.stop_reason();
             worker.kill();
             output::track_process_group(None);
+            // A full output filesystem shows in the worker as an I/O error: say what it is.
+            if let Some(full) = out.no_space(needed_estimate) {
+                return Err(anyhow::Error::new(e).context(full))
+                    .with_context(|| format!("building {what}"));
+            }
             let e = match reason {
                 Some(r) => anyhow::Error::new(e).context(r),
                 None => e.into(),

@@ -85,7 +85,7 @@ impl Report {
     pub fn print_notes(&self, json: bool) {
         if !json {
             for w in &self.warnings {
-                eprintln!("rootbox: warning: {w}");
+                eprintln!("rootbox: warning: {}", rootbox_proto::text::printable(w, false));
             }
         }
         if let Some(line) = self.sanitised_summary() {

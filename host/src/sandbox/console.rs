@@ -3,7 +3,7 @@
 //! prints (worker/src/vm.rs), matched as substrings since firmware may print before them
 //! without a newline.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::Child;
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +15,41 @@ pub const PROBE_MARKER: &str = "rootbox-worker: vm probe ok";
 /// Console lines after which the VM cannot do its job, whatever happens next.
 const FATAL: &[&str] = &["vhost_set_mem_table failed", "KVM internal error"];
 const TAIL_LINES: usize = 40;
+/// Bytes kept of one console line; the rest of a longer line is read and dropped.
+pub const LINE_MAX: usize = 1024;
+
+/// Calls `line` for every line of `r`, each cut to [`LINE_MAX`] bytes, however long the
+/// lines and the stream are: memory stays bounded whatever a guest prints.
+pub fn bounded_lines(mut r: impl Read, mut line: impl FnMut(&[u8])) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut cur: Vec<u8> = Vec::with_capacity(LINE_MAX);
+    let mut dropping = false;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for part in buf[..n].split_inclusive(|&b| b == b'\n') {
+            let (body, ends) = match part.strip_suffix(b"\n") {
+                Some(b) => (b, true),
+                None => (part, false),
+            };
+            if !dropping {
+                let room = LINE_MAX - cur.len();
+                cur.extend_from_slice(&body[..body.len().min(room)]);
+                dropping = body.len() > room;
+            }
+            if ends {
+                line(&cur);
+                cur.clear();
+                dropping = false;
+            }
+        }
+    }
+    if !cur.is_empty() {
+        line(&cur);
+    }
+}
 
 /// What the console showed so far.
 #[derive(Debug, Default, Clone)]
@@ -39,6 +74,8 @@ impl Console {
 
     pub fn push(&self, line: &str) {
         let line = line.trim_end_matches(['\r', '\n']);
+        // What a guest prints never reaches a terminal as it is.
+        let line = &*rootbox_proto::text::printable(line, false);
         if let Ok(mut m) = self.marks.lock() {
             m.init |= line.contains(INIT_MARKER);
             m.ready |= line.contains(READY_MARKER);
@@ -66,15 +103,7 @@ impl Console {
     pub fn follow(&self, r: impl Read + Send + 'static, prefix: &'static str) {
         let me = self.clone();
         std::thread::spawn(move || {
-            let mut r = BufReader::new(r);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => me.push(&format!("{prefix}{}", String::from_utf8_lossy(&buf))),
-                }
-            }
+            bounded_lines(r, |l| me.push(&format!("{prefix}{}", String::from_utf8_lossy(l))));
         });
     }
 
@@ -121,5 +150,27 @@ mod tests {
         assert_eq!(t.last().map(String::as_str), Some("line 99"));
         c.note("x");
         assert_eq!(c.tail.lines().last().map(String::as_str), Some("[rootbox: x]"));
+        c.push("colour \u{1b}[31mred");
+        assert_eq!(c.tail.lines().last().map(String::as_str), Some("colour \\u{1b}[31mred"));
+    }
+
+    #[test]
+    fn endless_lines_are_cut_and_memory_stays_bounded() {
+        // 64 MiB without a newline, then a short line, then a tail without one.
+        struct Endless(usize);
+        impl Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(self.0);
+                buf[..n].fill(b'x');
+                self.0 -= n;
+                Ok(n)
+            }
+        }
+        let r = Endless(64 << 20).chain(&b"\nshort\nlast"[..]);
+        let mut lines = Vec::new();
+        bounded_lines(r, |l| lines.push(l.to_vec()));
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0].len(), LINE_MAX);
+        assert_eq!((lines[1].as_slice(), lines[2].as_slice()), (&b"short"[..], &b"last"[..]));
     }
 }

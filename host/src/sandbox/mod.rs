@@ -12,7 +12,6 @@ pub mod vsock;
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
@@ -124,8 +123,9 @@ impl Tail {
     pub fn follow(&self, r: impl std::io::Read + Send + 'static, max: usize) {
         let t = self.clone();
         std::thread::spawn(move || {
-            for line in BufReader::new(r).lines() {
-                let Ok(line) = line else { break };
+            console::bounded_lines(r, |line| {
+                let line = String::from_utf8_lossy(line);
+                let line = rootbox_proto::text::printable(&line, false).into_owned();
                 if std::env::var_os("ROOTBOX_DEBUG").is_some() {
                     eprintln!("worker: {line}");
                 }
@@ -135,7 +135,7 @@ impl Tail {
                     }
                     q.push_back(line);
                 }
-            }
+            });
         });
     }
 
