@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -27,6 +27,44 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// How long the vsock daemon may take to open its vhost-user socket.
 const DAEMON_PATIENCE: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(10);
+
+/// Makes `cmd` inherit each `(fd, at)`'s `fd` as descriptor `at` (and nothing else of
+/// rootbox's). Every `fd` must be above every `at`, so no dup2 overwrites a later source.
+fn pass_fds(cmd: &mut Command, fds: Vec<(i32, i32)>) {
+    // SAFETY: runs between fork and exec and only makes dup2 calls, which are
+    // async-signal-safe, on descriptors this process owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &(fd, at) in &fds {
+                nix::unistd::dup2(fd, at)?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The output, opened twice above the descriptors QEMU inherits it at: read-write and
+/// read-only (see qemu::OUTPUT_FDS).
+struct OutputPair {
+    read_write: OwnedFd,
+    read_only: OwnedFd,
+}
+
+impl OutputPair {
+    fn open(output: &File) -> io::Result<Self> {
+        use nix::fcntl::{fcntl, FcntlArg};
+        let above = qemu::OUTPUT_FDS.read_write.max(qemu::OUTPUT_FDS.read_only) + 1;
+        let dup_above = |fd: i32| -> io::Result<OwnedFd> {
+            let n = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(above))?;
+            // SAFETY: fcntl just returned this new descriptor; nothing else owns it.
+            Ok(unsafe { OwnedFd::from_raw_fd(n) })
+        };
+        let read_write = dup_above(output.as_raw_fd())?;
+        let ro = File::open(format!("/proc/self/fd/{}", output.as_raw_fd()))?;
+        let read_only = dup_above(ro.as_raw_fd())?;
+        Ok(Self { read_write, read_only })
+    }
+}
 
 /// Spawns `cmd` in process group `pgid` (0: a new group it leads); the kernel kills it with
 /// SIGKILL if the spawning thread of rootbox dies first.
@@ -163,13 +201,17 @@ pub fn start(plan: &Plan, output: &File, opts: &Options) -> Result<Vm, BootError
         what: format!("finding the output file ({})", fd_link.display()),
         source,
     })?;
-    match boot(plan, &out, opts, None) {
+    let fds = OutputPair::open(output).map_err(|source| BootError::Setup {
+        what: format!("opening the output file ({}) for QEMU", out.display()),
+        source,
+    })?;
+    match boot(plan, &out, &fds, opts, None) {
         Ok(vm) => Ok(vm),
         Err(Failed { error, retry: true }) => {
             let text = error.to_string();
             let first =
                 text.split("; the VM's last output:").next().unwrap_or_default().to_string();
-            boot(plan, &out, opts, Some(&first)).map_err(|f| match f.error {
+            boot(plan, &out, &fds, opts, Some(&first)).map_err(|f| match f.error {
                 BootError::NeverReached { secs, console, .. } => {
                     BootError::NeverReached { secs, retried: true, console }
                 }
@@ -191,7 +233,13 @@ fn socket_base() -> PathBuf {
     }
 }
 
-fn boot(plan: &Plan, out: &Path, opts: &Options, earlier: Option<&str>) -> Result<Vm, Failed> {
+fn boot(
+    plan: &Plan,
+    out: &Path,
+    out_fds: &OutputPair,
+    opts: &Options,
+    earlier: Option<&str>,
+) -> Result<Vm, Failed> {
     let fail = |error, retry| Failed { error, retry };
     let setup = |what: &str| {
         let what = what.to_string();
@@ -271,7 +319,7 @@ fn boot(plan: &Plan, out: &Path, opts: &Options, earlier: Option<&str>) -> Resul
                 kernel: plan.kernel.clone(),
                 initrd: plan.initrd.clone(),
                 cmdline,
-                output: Some(out.to_path_buf()),
+                output: Some(qemu::OUTPUT_FDS),
                 vsock: match plan.vsock {
                     VsockKind::Hybrid { .. } => qemu::Vsock::VhostUser { socket: vhost.clone() },
                     VsockKind::Kernel => qemu::Vsock::Kernel { cid },
@@ -295,6 +343,15 @@ fn boot(plan: &Plan, out: &Path, opts: &Options, earlier: Option<&str>) -> Resul
         }
     };
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if plan.vmm == Vmm::Qemu {
+        pass_fds(
+            &mut cmd,
+            vec![
+                (out_fds.read_write.as_raw_fd(), qemu::OUTPUT_FDS.read_write),
+                (out_fds.read_only.as_raw_fd(), qemu::OUTPUT_FDS.read_only),
+            ],
+        );
+    }
     let mut vmm = spawn_in_group(&mut cmd, pgid).map_err(|source| {
         fail(BootError::Spawn { program: plan.binary.display().to_string(), source }, false)
     })?;
@@ -361,12 +418,10 @@ fn boot(plan: &Plan, out: &Path, opts: &Options, earlier: Option<&str>) -> Resul
         stop: AtomicBool::new(false),
         vmm: name,
         exit_noted: AtomicBool::new(false),
-        timed_out: Mutex::new(None),
     });
     let watched = stream.try_clone().map_err(setup("cloning the worker's connection"))?;
-    let deadline = opts.job_timeout.map(|t| (Instant::now() + t, t));
     let w = shared.clone();
-    let watcher = std::thread::spawn(move || watch(&w, &watched, deadline));
+    let watcher = std::thread::spawn(move || watch(&w, &watched));
     Ok(Vm { shared, stream, watcher: Some(watcher), dir: att.dir.take(), pgid, boot_ms })
 }
 
@@ -376,8 +431,6 @@ struct Shared {
     stop: AtomicBool,
     vmm: &'static str,
     exit_noted: AtomicBool,
-    /// Set when the job timeout stopped the VM: its length.
-    timed_out: Mutex<Option<Duration>>,
 }
 
 impl Shared {
@@ -390,8 +443,8 @@ impl Shared {
 }
 
 /// Until stopped: when the VMM exits, shut the connection down so the job driver sees it at
-/// once; when the job timeout passes, kill the VM.
-fn watch(shared: &Shared, stream: &UnixStream, deadline: Option<(Instant, Duration)>) {
+/// once. (The job timeout is the job driver's, for every sandbox: see job.rs.)
+fn watch(shared: &Shared, stream: &UnixStream) {
     while !shared.stop.load(Ordering::SeqCst) {
         let Ok(mut p) = shared.procs.lock() else { return };
         if let Some(status) = p.poll() {
@@ -401,18 +454,6 @@ fn watch(shared: &Shared, stream: &UnixStream, deadline: Option<(Instant, Durati
             std::thread::sleep(Duration::from_millis(100));
             let _ = stream.shutdown(Shutdown::Both);
             return;
-        }
-        if let Some((at, limit)) = deadline {
-            if Instant::now() >= at {
-                shared.console.note(&format!(
-                    "the job timeout ({} s, --job-timeout) passed: stopping the VM",
-                    limit.as_secs()
-                ));
-                if let Ok(mut t) = shared.timed_out.lock() {
-                    *t = Some(limit);
-                }
-                p.kill();
-            }
         }
         drop(p);
         std::thread::sleep(Duration::from_millis(50));
@@ -507,12 +548,6 @@ impl Running for Vm {
     }
 
     fn stop_reason(&self) -> Option<String> {
-        if let Some(limit) = self.shared.timed_out.lock().ok().and_then(|t| *t) {
-            return Some(format!(
-                "the job timeout ({} s, --job-timeout) passed and the VM was stopped",
-                limit.as_secs()
-            ));
-        }
         let status = self.shared.procs.lock().ok().and_then(|mut p| p.poll())?;
         Some(format!("{} exited ({status}) before the job ended", self.shared.vmm))
     }

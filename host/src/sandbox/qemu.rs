@@ -13,6 +13,18 @@ use super::vm::Accel;
 pub const BINARY: &str = "qemu-system-x86_64";
 /// The vhost-user vsock daemon (crates.io `vhost-device-vsock`, installed by `make vsock-tool`).
 pub const VSOCK_DAEMON: &str = "vhost-device-vsock";
+/// The descriptor numbers QEMU finds the output at (opened read-write, and read-only: QEMU's
+/// block layer asks its fd set for either access mode and takes only an exact match), and
+/// the fd set holding both.
+pub const OUTPUT_FDS: OutputFds = OutputFds { read_write: 3, read_only: 4 };
+const OUTPUT_FDSET: u32 = 1;
+
+/// Where QEMU inherits the output file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputFds {
+    pub read_write: i32,
+    pub read_only: i32,
+}
 
 /// The guest's vsock device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +45,9 @@ pub struct Config {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub cmdline: String,
-    /// The raw output file, attached as the first virtio-blk device (/dev/vda).
-    pub output: Option<PathBuf>,
+    /// The raw output file, attached as the first virtio-blk device (/dev/vda), as the
+    /// descriptor QEMU inherits at this number (QEMU never opens it by path).
+    pub output: Option<OutputFds>,
     pub vsock: Vsock,
 }
 
@@ -79,20 +92,31 @@ pub fn args(c: &Config) -> Vec<OsString> {
     }
     push("-serial");
     push("stdio");
+    // QEMU's own seccomp filter: no obsolete calls, no privilege changes, no fork/exec, no
+    // scheduler or resource changes.
+    push("-sandbox");
+    push("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
     a.push("-kernel".into());
     a.push(c.kernel.as_os_str().to_owned());
     a.push("-initrd".into());
     a.push(c.initrd.as_os_str().to_owned());
     a.push("-append".into());
     a.push(c.cmdline.clone().into());
-    if let Some(out) = &c.output {
+    if let Some(fds) = c.output {
+        // An I/O error (a full disk on the host) is the guest's to see, not a reason to pause
+        // the VM (QEMU's default werror=enospc would, and the job would wait for its timeout).
+        for (fd, mode) in [(fds.read_write, "rw"), (fds.read_only, "ro")] {
+            a.push("-add-fd".into());
+            a.push(format!("fd={fd},set={OUTPUT_FDSET},opaque=rootbox-output-{mode}").into());
+        }
         a.push("-drive".into());
-        let p = opt_path(out);
-        a.push(joined(&[
-            OsStr::new("file="),
-            &p,
-            OsStr::new(",format=raw,if=none,id=out,cache=unsafe,discard=unmap"),
-        ]));
+        a.push(
+            format!(
+                "file=/dev/fdset/{OUTPUT_FDSET},format=raw,if=none,id=out,cache=unsafe,\
+                 discard=unmap,werror=report,rerror=report"
+            )
+            .into(),
+        );
         a.push("-device".into());
         a.push("virtio-blk-device,drive=out".into());
     }
@@ -158,7 +182,7 @@ mod tests {
             kernel: "/img/vmlinux".into(),
             initrd: "/img/initramfs.cpio.gz".into(),
             cmdline: "console=ttyS0 rootbox.port=1024".into(),
-            output: Some("/out/.x,y.ext4.tmp".into()),
+            output: Some(OUTPUT_FDS),
             vsock: Vsock::VhostUser { socket: "/t/vhost.sock".into() },
         };
         let a = strs(&args(&c));
@@ -172,9 +196,17 @@ mod tests {
         assert_eq!(value_of(&a, "-initrd"), ["/img/initramfs.cpio.gz"]);
         assert_eq!(value_of(&a, "-append"), ["console=ttyS0 rootbox.port=1024"]);
         assert_eq!(
+            value_of(&a, "-add-fd"),
+            ["fd=3,set=1,opaque=rootbox-output-rw", "fd=4,set=1,opaque=rootbox-output-ro"]
+        );
+        assert_eq!(
             value_of(&a, "-drive"),
-            ["file=/out/.x,,y.ext4.tmp,format=raw,if=none,id=out,cache=unsafe,discard=unmap"],
-            "commas in the path are doubled"
+            ["file=/dev/fdset/1,format=raw,if=none,id=out,cache=unsafe,discard=unmap,werror=report,rerror=report"],
+            "the output is an inherited descriptor; I/O errors reach the guest"
+        );
+        assert_eq!(
+            value_of(&a, "-sandbox"),
+            ["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
         );
         assert_eq!(
             value_of(&a, "-device"),
