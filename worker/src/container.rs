@@ -74,6 +74,10 @@ pub fn init(root: &Path, session_args: &[String]) -> Result<i32, SysError> {
         }
     })
     .map_err(|e| SysError::new("forking PID 1 in", "/", e))?;
+    // From here this process only waits: it keeps no capability at all.
+    sys::caps::restrict_to(&[]).map_err(|e| {
+        SysError::new("dropping capabilities", "/", std::io::Error::other(e.to_string()))
+    })?;
     loop {
         match waitpid(pid, None) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(code),
@@ -101,6 +105,7 @@ fn pid1(
         c"",
     )
     .map_err(err("mounting proc at", &proc_dir))?;
+    sys::mounts::proc_read_only(&proc_dir)?;
     rustix::process::chdir(root).map_err(err("entering", root))?;
     // pivot_root(".", ".") stacks the old root under the new one; detach it right away.
     rustix::process::pivot_root(".", ".").map_err(err("pivot_root into", root))?;

@@ -17,6 +17,9 @@ use std::path::PathBuf;
 
 use session::{Outcome, Output, Session};
 
+#[global_allocator]
+static ALLOCATOR: sys::alloc::Noting = sys::alloc::Noting;
+
 const USAGE: &str = "usage: rootbox-worker container-init --root DIR -- SESSION-ARGS...
        rootbox-worker session --proto-fd N (--output-fd N | --output-dev PATH)
 (started by rootbox; not meant to be run by hand)";

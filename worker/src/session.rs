@@ -43,6 +43,7 @@ impl Failure {
             layer: None,
             path: None,
             causes: chain(err),
+            internal: false,
         })
     }
 }
@@ -90,10 +91,10 @@ impl Session {
                 Err(e) => Outcome::Lost(e),
             },
             Err(None) => Outcome::Reported,
-            Err(Some(Failure(remote))) => match self.wr.send(&Control::Error(remote)) {
-                Ok(()) => Outcome::Reported,
-                Err(e) => Outcome::Lost(e),
-            },
+            Err(Some(Failure(remote))) => {
+                send_failure(&mut self.wr, remote);
+                Outcome::Reported
+            }
         }
     }
 
@@ -160,6 +161,7 @@ impl Session {
 
         self.progress(Phase::Apply)?;
         let applied = self.apply_in_child(job)?;
+        written_out(Path::new(TARGET)).map_err(Some)?;
         lap(Phase::Apply, &mut t);
 
         mount.unmount().map_err(|e| Some(Failure::new("unmounting the filesystem", &e)))?;
@@ -196,26 +198,41 @@ impl Session {
 
     /// Applies every layer in a forked child holding fewer capabilities and bounded memory.
     fn apply_in_child(&mut self, job: &JobSpec) -> Result<Applied, Option<Failure>> {
-        let entries_pipe = std::os::unix::net::UnixDatagram::pair()
+        let (tx, rx) = std::os::unix::net::UnixDatagram::pair()
             .map_err(|e| Some(Failure::new("creating a pipe", &e)))?;
-        let (tx, rx) = entries_pipe;
-        let pid = sys::process::fork_run(|| match applier_main(&mut self.rd, &mut self.wr, job) {
-            Ok(applied) => {
-                let _ = tx.send(&serde_json::to_vec(&applied).unwrap_or_default());
-                0
-            }
-            Err(f) => {
-                let _ = self.wr.send(&Control::Error(f.0));
-                REPORTED
+        // Where the child's allocator notes an allocation its memory bound refused.
+        let (note_rx, note_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Some(Failure::new("creating a pipe", &e)))?;
+        let pid = sys::process::fork_run(|| {
+            sys::alloc::note_failures_on(std::os::fd::AsRawFd::as_raw_fd(&note_tx));
+            match applier_main(&mut self.rd, &mut self.wr, job) {
+                Ok(applied) => {
+                    let _ = tx.send(&serde_json::to_vec(&applied).unwrap_or_default());
+                    0
+                }
+                Err(f) => {
+                    send_failure(&mut self.wr, f.0);
+                    REPORTED
+                }
             }
         })
         .map_err(|e| Some(Failure::new("starting the layer applier", &e)))?;
         drop(tx);
+        drop(note_tx);
         let status = loop {
             match waitpid(pid, None) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 other => break other,
             }
+        };
+        let died = |cause: String, internal: bool| {
+            Err(Some(Failure(RemoteError {
+                operation: "applying layers".into(),
+                layer: None,
+                path: None,
+                causes: vec![cause],
+                internal,
+            })))
         };
         match status {
             Ok(WaitStatus::Exited(_, 0)) => {
@@ -224,22 +241,70 @@ impl Session {
                 Ok(serde_json::from_slice(&b[..n]).unwrap_or_default())
             }
             Ok(WaitStatus::Exited(_, REPORTED)) => Err(None),
-            Ok(WaitStatus::Signaled(_, sig, _)) => Err(Some(Failure(RemoteError {
-                operation: "applying layers".into(),
-                layer: None,
-                path: None,
-                causes: vec![format!(
-                    "the layer applier was killed by {sig:?} (memory bound {} MiB: an oversized tar header?)",
-                    APPLIER_MEMORY >> 20
-                )],
-            }))),
-            other => Err(Some(Failure(RemoteError {
-                operation: "applying layers".into(),
-                layer: None,
-                path: None,
-                causes: vec![format!("the layer applier ended unexpectedly: {other:?}")],
-            }))),
+            Ok(WaitStatus::Signaled(_, sig, _)) => match (sig, refused_allocation(note_rx)) {
+                (_, Some(size)) => died(
+                    format!(
+                        "the layer applier ran out of its {} MiB memory bound (an allocation \
+                         of {size} bytes was refused)",
+                        APPLIER_MEMORY >> 20
+                    ),
+                    false,
+                ),
+                (nix::sys::signal::Signal::SIGSYS, None) => died(
+                    "the layer applier made a system call outside its seccomp allow-list and \
+                     was killed (SIGSYS)"
+                        .into(),
+                    true,
+                ),
+                (sig, None) => died(format!("the layer applier was killed by {sig}"), true),
+            },
+            other => died(format!("the layer applier ended unexpectedly: {other:?}"), true),
         }
+    }
+}
+
+/// Everything applied reached the device: data writes that failed there (a full disk under
+/// the output file) surface only at writeback, as an error syncfs reports or as ext4
+/// remounting itself read-only.
+fn written_out(target: &Path) -> Result<(), Failure> {
+    let why = "an I/O error writing the output device: is the disk holding the output full?";
+    let fail = |e: std::io::Error| {
+        Failure(RemoteError {
+            operation: "writing the applied layers to the filesystem".into(),
+            layer: None,
+            path: None,
+            causes: vec![e.to_string(), why.into()],
+            internal: true,
+        })
+    };
+    let dir = File::open(target).map_err(fail)?;
+    rustix::fs::syncfs(&dir).map_err(|e| fail(e.into()))?;
+    let st = rustix::fs::fstatvfs(&dir).map_err(|e| fail(e.into()))?;
+    if st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+        return Err(fail(std::io::Error::from(rustix::io::Errno::ROFS)));
+    }
+    Ok(())
+}
+
+/// The size of the allocation the applier's memory bound refused, if its allocator said so.
+fn refused_allocation(note: std::os::fd::OwnedFd) -> Option<u64> {
+    let mut b = [0u8; 8];
+    let mut f = File::from(note);
+    use std::io::Read as _;
+    f.read_exact(&mut b).ok().map(|()| u64::from_le_bytes(b))
+}
+
+/// Sends a failure, cut to fit a frame; if even that fails to fit, a minimal one.
+fn send_failure(wr: &mut Writer<Transport>, remote: RemoteError) {
+    let operation = remote.operation.clone();
+    if let Err(ProtoError::TooLarge { .. }) = wr.send(&Control::Error(remote.bounded())) {
+        let _ = wr.send(&Control::Error(RemoteError {
+            operation: rootbox_proto::text::shortened(&operation, 256).into_owned(),
+            layer: None,
+            path: None,
+            causes: vec!["the error did not fit a control frame".into()],
+            internal: true,
+        }));
     }
 }
 
@@ -262,6 +327,9 @@ fn applier_main(
     sys::caps::no_new_privs().map_err(|e| Failure::new("setting no_new_privs", &e))?;
     sys::process::limit_memory(APPLIER_MEMORY).map_err(|e| Failure::new("bounding memory", &e))?;
     rustix::process::umask(rustix::fs::Mode::empty());
+    // Last: from here on only the calls the applier needs (see sys/seccomp.rs).
+    let filter = sys::seccomp::applier().map_err(|e| Failure::new("building seccomp", &e))?;
+    sys::seccomp::install(&filter).map_err(|e| Failure::new("installing seccomp", &e))?;
 
     let mut applier = Applier::new(Path::new(TARGET), job.limits, Real)
         .map_err(|e| Failure::new("opening the image root", &e))?;
@@ -306,6 +374,7 @@ fn applier_main(
                     layer: None,
                     path: None,
                     causes: vec![format!("aborted by the host: {reason}")],
+                    internal: true,
                 }))
             }
             Ok(other) => {
@@ -349,13 +418,23 @@ fn layer_failure(e: LayerFailure, i: usize, total: usize, digest: Option<String>
         LayerFailure::Apply(_) => None,
     };
     if let Some(s) = io.and_then(stream_cause) {
-        return Failure(RemoteError { operation, layer: digest, path: None, causes: chain(s) });
+        let internal = matches!(
+            s,
+            crate::stream::StreamError::Aborted(_) | crate::stream::StreamError::Proto(_)
+        );
+        return Failure(RemoteError {
+            operation,
+            layer: digest,
+            path: None,
+            causes: chain(s),
+            internal,
+        });
     }
     let (path, causes) = match &e {
         LayerFailure::Apply(a) => (a.path(), a.causes()),
         LayerFailure::Stream(io) => (None, chain(io)),
     };
-    Failure(RemoteError { operation, layer: digest, path, causes })
+    Failure(RemoteError { operation, layer: digest, path, causes, internal: false })
 }
 
 /// Makes ext4 allocate inodes (and so data) from the first block group on, instead of
@@ -401,7 +480,11 @@ pub struct Mount {
 impl Mount {
     pub fn ext4(dev: &Path, target: &Path) -> Result<Self, sys::SysError> {
         use rustix::mount::{mount, MountFlags};
-        mount(dev, target, "ext4", MountFlags::NOATIME, c"noinit_itable")
+        // The image's device nodes are made (mknod) but never opened: nodev keeps an open of
+        // one from reaching the host kernel's driver; nothing in it runs (noexec, nosuid).
+        let flags =
+            MountFlags::NOATIME | MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC;
+        mount(dev, target, "ext4", flags, c"noinit_itable")
             .map_err(|e| sys::SysError::new("mounting ext4 on", target, e))?;
         Ok(Self { target: target.to_path_buf(), mounted: true })
     }

@@ -103,6 +103,9 @@ fn refused(path: &ImagePath, why: impl Into<String>) -> ApplyError {
     ApplyError::Refused { path: path.to_string(), why: why.into() }
 }
 
+/// The largest os-release read.
+const OS_RELEASE_MAX: u64 = 16 * 1024;
+
 /// How the current layer touched a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Written {
@@ -196,9 +199,9 @@ impl<O: Ops> Applier<O> {
     pub fn os_release(&self) -> BTreeMap<String, String> {
         for p in ["etc/os-release", "usr/lib/os-release"] {
             let Ok(path) = normalize(p.as_bytes(), 64) else { continue };
-            let Ok(fd) = self.root.open_regular(&path) else { continue };
+            let Ok(fd) = self.root.open_regular(&path, OS_RELEASE_MAX) else { continue };
             let mut text = String::new();
-            if std::fs::File::from(fd).take(16 * 1024).read_to_string(&mut text).is_err() {
+            if std::fs::File::from(fd).take(OS_RELEASE_MAX).read_to_string(&mut text).is_err() {
                 continue;
             }
             return parse_os_release(&text);

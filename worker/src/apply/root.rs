@@ -78,16 +78,27 @@ impl Root {
         }
     }
 
-    /// Opens a regular file for reading, following symlinks inside the root whatever the
-    /// current rules. Non-blocking, so a fifo the image put there cannot stall us.
-    pub fn open_regular(&self, path: &ImagePath) -> Result<OwnedFd, Errno> {
-        let how = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let fd = openat2(&self.fd, path.for_open(), how, Mode::empty(), RESOLVE)?;
-        let st = rustix::fs::fstat(&fd)?;
+    /// Opens a regular file of at most `max` bytes for reading, following symlinks inside the
+    /// root whatever the current rules. It is found with `O_PATH` (which opens nothing: no
+    /// driver of a device node, no fifo), checked with fstat, and only then opened for reading
+    /// through that handle, so what is read is what was checked.
+    pub fn open_regular(&self, path: &ImagePath, max: u64) -> Result<OwnedFd, Errno> {
+        let how = OFlags::PATH | OFlags::CLOEXEC;
+        let handle = openat2(&self.fd, path.for_open(), how, Mode::empty(), RESOLVE)?;
+        let st = rustix::fs::fstat(&handle)?;
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Err(Errno::INVAL);
         }
-        Ok(fd)
+        if st.st_size < 0 || st.st_size as u64 > max {
+            return Err(Errno::FBIG);
+        }
+        use std::os::fd::AsRawFd;
+        let reopen = format!("/proc/self/fd/{}", handle.as_raw_fd());
+        rustix::fs::open(
+            reopen.as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
     }
 
     /// Opens the directory at `path`, creating missing directories (0755, root) on the way.

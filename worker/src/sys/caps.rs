@@ -4,10 +4,11 @@ use ::caps::{CapSet, Capability as C, CapsHashSet};
 
 /// What PID 1 of the container keeps: enough to mount, use loop devices and write any
 /// owner/mode/xattr/device into the image; nothing for networking, modules, ptrace, time...
+/// Not CAP_DAC_READ_SEARCH: CAP_DAC_OVERRIDE covers reading, and with CAP_SYS_ADMIN it
+/// would allow `open_by_handle_at`, which opens files outside any root.
 pub const SESSION: &[C] = &[
     C::CAP_CHOWN,
     C::CAP_DAC_OVERRIDE,
-    C::CAP_DAC_READ_SEARCH,
     C::CAP_FOWNER,
     C::CAP_FSETID,
     C::CAP_MKNOD,
@@ -20,7 +21,6 @@ pub const SESSION: &[C] = &[
 pub const APPLIER: &[C] = &[
     C::CAP_CHOWN,
     C::CAP_DAC_OVERRIDE,
-    C::CAP_DAC_READ_SEARCH,
     C::CAP_FOWNER,
     C::CAP_FSETID,
     C::CAP_MKNOD,

@@ -1,9 +1,13 @@
 //! Every raw syscall the worker makes that the safe crates do not wrap: loop-device ioctls,
-//! fork, resource limits, capabilities, power-off, vsock. All `unsafe` of the worker lives here.
+//! fork, resource limits, capabilities, power-off, vsock, the allocator's failure note. All
+//! `unsafe` of the worker lives here.
 
+pub mod alloc;
 pub mod caps;
 pub mod loopdev;
+pub mod mounts;
 pub mod process;
+pub mod seccomp;
 pub mod vsock;
 
 use std::path::PathBuf;
