@@ -201,17 +201,13 @@ pub fn start(plan: &Plan, output: &File, opts: &Options) -> Result<Vm, BootError
         what: format!("finding the output file ({})", fd_link.display()),
         source,
     })?;
-    let fds = OutputPair::open(output).map_err(|source| BootError::Setup {
-        what: format!("opening the output file ({}) for QEMU", out.display()),
-        source,
-    })?;
-    match boot(plan, &out, &fds, opts, None) {
+    match boot(plan, &out, output, opts, None) {
         Ok(vm) => Ok(vm),
         Err(Failed { error, retry: true }) => {
             let text = error.to_string();
             let first =
                 text.split("; the VM's last output:").next().unwrap_or_default().to_string();
-            boot(plan, &out, &fds, opts, Some(&first)).map_err(|f| match f.error {
+            boot(plan, &out, output, opts, Some(&first)).map_err(|f| match f.error {
                 BootError::NeverReached { secs, console, .. } => {
                     BootError::NeverReached { secs, retried: true, console }
                 }
@@ -236,7 +232,7 @@ fn socket_base() -> PathBuf {
 fn boot(
     plan: &Plan,
     out: &Path,
-    out_fds: &OutputPair,
+    output: &File,
     opts: &Options,
     earlier: Option<&str>,
 ) -> Result<Vm, Failed> {
@@ -343,7 +339,21 @@ fn boot(
         }
     };
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    if plan.vmm == Vmm::Qemu {
+    // Open for this boot only, and closed here once QEMU has its copies: nothing of a first,
+    // failed boot stays open into the second.
+    let out_fds = match plan.vmm {
+        Vmm::Qemu => Some(OutputPair::open(output).map_err(|source| {
+            fail(
+                BootError::Setup {
+                    what: format!("opening the output file ({}) for QEMU", out.display()),
+                    source,
+                },
+                false,
+            )
+        })?),
+        Vmm::Firecracker => None,
+    };
+    if let Some(out_fds) = &out_fds {
         pass_fds(
             &mut cmd,
             vec![
@@ -355,6 +365,7 @@ fn boot(
     let mut vmm = spawn_in_group(&mut cmd, pgid).map_err(|source| {
         fail(BootError::Spawn { program: plan.binary.display().to_string(), source }, false)
     })?;
+    drop(out_fds);
     if pgid == 0 {
         pgid = vmm.id() as i32;
     }

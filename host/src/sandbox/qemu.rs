@@ -105,6 +105,8 @@ pub fn args(c: &Config) -> Vec<OsString> {
     if let Some(fds) = c.output {
         // An I/O error (a full disk on the host) is the guest's to see, not a reason to pause
         // the VM (QEMU's default werror=enospc would, and the job would wait for its timeout).
+        // No image locking: the file is this VM's alone, and locks QEMU took on a shared open
+        // file description would outlive a first, failed boot and refuse the second.
         for (fd, mode) in [(fds.read_write, "rw"), (fds.read_only, "ro")] {
             a.push("-add-fd".into());
             a.push(format!("fd={fd},set={OUTPUT_FDSET},opaque=rootbox-output-{mode}").into());
@@ -113,7 +115,7 @@ pub fn args(c: &Config) -> Vec<OsString> {
         a.push(
             format!(
                 "file=/dev/fdset/{OUTPUT_FDSET},format=raw,if=none,id=out,cache=unsafe,\
-                 discard=unmap,werror=report,rerror=report"
+                 discard=unmap,werror=report,rerror=report,file.locking=off"
             )
             .into(),
         );
@@ -201,7 +203,7 @@ mod tests {
         );
         assert_eq!(
             value_of(&a, "-drive"),
-            ["file=/dev/fdset/1,format=raw,if=none,id=out,cache=unsafe,discard=unmap,werror=report,rerror=report"],
+            ["file=/dev/fdset/1,format=raw,if=none,id=out,cache=unsafe,discard=unmap,werror=report,rerror=report,file.locking=off"],
             "the output is an inherited descriptor; I/O errors reach the guest"
         );
         assert_eq!(
