@@ -105,7 +105,11 @@ pub fn run(args: &PullArgs) -> Result<Report> {
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
-            let reason = worker.stop_reason();
+            // The watchdog stopped the sandbox itself: how the sandbox then ended says nothing.
+            let reason = match e {
+                job::JobError::Timeout(_) | job::JobError::OutputFull => None,
+                _ => worker.stop_reason(),
+            };
             worker.kill();
             output::track_process_group(None);
             // A full output filesystem shows in the worker as an I/O error: say what it is.
