@@ -42,7 +42,8 @@ pub fn run(args: &PullArgs) -> Result<Report> {
         sandbox::vm::Options::from_flags(args.vm_memory, args.boot_timeout, args.job_timeout)
             .map_err(anyhow::Error::msg)?;
     let wimage = worker_image::locate(args.worker_image.as_deref()).map_err(Unavailable)?;
-    let plan = sandbox::choose(args.isolation, &wimage)?;
+    let decision = sandbox::choose(args.isolation, &wimage)?;
+    let plan = &decision.plan;
 
     // Fetch and verify: all up front for local sources; streamed for registries (see pipeline).
     let t = Instant::now();
@@ -67,7 +68,7 @@ pub fn run(args: &PullArgs) -> Result<Report> {
     out.set_len(scratch_size(layers.scratch_basis(), exact)).context("sizing the output file")?;
 
     let t = Instant::now();
-    let mut worker = sandbox::start(&plan, &wimage, out.file(), &vm_options)?;
+    let mut worker = sandbox::start(plan, &wimage, out.file(), &vm_options)?;
     output::track_process_group(worker.process_group());
     let spec = JobSpec {
         image: image.name.clone(),

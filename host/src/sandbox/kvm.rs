@@ -51,7 +51,8 @@ pub fn verdict(t: &Target) -> Verdict {
     v
 }
 
-fn device_problem() -> Option<String> {
+/// Why `/dev/kvm` cannot be used at all, found without booting anything.
+pub fn device_problem() -> Option<String> {
     let dev = Path::new("/dev/kvm");
     if !dev.exists() {
         return Some("there is no /dev/kvm".into());
