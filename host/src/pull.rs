@@ -43,6 +43,9 @@ pub fn run(args: &PullArgs) -> Result<Report> {
             .map_err(anyhow::Error::msg)?;
     let wimage = worker_image::locate(args.worker_image.as_deref()).map_err(Unavailable)?;
     let decision = sandbox::choose(args.isolation, &wimage)?;
+    if !args.json {
+        progress.note(format!("sandbox: {}", decision.summary()));
+    }
     let plan = &decision.plan;
 
     // Fetch and verify: all up front for local sources; streamed for registries (see pipeline).
@@ -144,6 +147,7 @@ pub fn run(args: &PullArgs) -> Result<Report> {
         isolation: plan.isolation().into(),
         vmm: plan.vmm(),
         accel: plan.accel(),
+        isolation_reason: decision.reason.clone(),
         injected,
         os_release: outcome.result.os_release.clone(),
         warnings: outcome.warnings,
