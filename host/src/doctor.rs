@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::cli::Isolation;
-use crate::sandbox::{self, choice, Plan};
+use crate::sandbox::{self, choice, kvm, Plan};
 use crate::worker_image;
 
 #[derive(Debug, Serialize)]
@@ -38,6 +38,8 @@ struct Doctor {
     default_accel: Option<&'static str>,
     /// ...and why: `pull --json`'s `isolation_reason`, or why nothing can run.
     isolation_reason: String,
+    /// Where the KVM probe's verdict is kept until the host reboots, when it is.
+    kvm_probe_cache: Option<String>,
 }
 
 pub fn run(flag: Option<&Path>, json: bool) -> anyhow::Result<()> {
@@ -85,6 +87,7 @@ pub fn run(flag: Option<&Path>, json: bool) -> anyhow::Result<()> {
             Ok(d) => d.reason.clone(),
             Err(why) => why.clone(),
         },
+        kvm_probe_cache: kvm::cache_path().filter(|p| p.is_file()).map(|p| p.display().to_string()),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&d)?);
@@ -108,6 +111,11 @@ pub fn run(flag: Option<&Path>, json: bool) -> anyhow::Result<()> {
     match &auto {
         Ok(a) => println!("--isolation auto: sandbox: {}", a.summary()),
         Err(why) => println!("--isolation auto: {why}"),
+    }
+    if let Some(p) = &d.kvm_probe_cache {
+        println!(
+            "KVM probe verdict cached in {p} until the host reboots (delete it to probe again)"
+        );
     }
     Ok(())
 }
