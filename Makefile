@@ -8,13 +8,15 @@ TARGET       := x86_64-unknown-linux-gnu
 BUILD        := $(CURDIR)/build
 IMAGE_DIR    := $(BUILD)/worker-image
 FIXTURES     := $(BUILD)/fixtures
-ROOTBOX      := $(CURDIR)/target/release/rootbox
-WORKER_BIN   := $(CURDIR)/target/$(TARGET)/release/rootbox-worker
-FIXTURE_BIN  := $(CURDIR)/target/release/rootbox-fixture
+# cargo's output directory: $CARGO_TARGET_DIR when set, as cargo itself does.
+TARGET_DIR   := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+ROOTBOX      := $(TARGET_DIR)/release/rootbox
+WORKER_BIN   := $(TARGET_DIR)/$(TARGET)/release/rootbox-worker
+FIXTURE_BIN  := $(TARGET_DIR)/release/rootbox-fixture
 APT_PACKAGES := e2fsprogs debootstrap busybox-static zstd tar gzip binutils util-linux ca-certificates python3 \
                 qemu-system-x86 cpio docker-registry skopeo apache2-utils
 
-.PHONY: all setup build worker image vsock-tool demo test unit lint fmt bench bench-pull clean
+.PHONY: all setup build worker worker-image vm-image image vsock-tool demo test unit lint fmt bench bench-pull clean
 
 all: build image
 
@@ -36,14 +38,26 @@ build: worker
 worker:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked -p rootbox-worker --target $(TARGET)
 
-## image: the worker image (static worker + e2fsprogs from Debian's packages), plus what the
-## microVM sandbox boots: the worker kernel (built once from Debian's linux-source, cached)
-## and the same tree packed as an initramfs.
-image: setup worker vsock-tool
+## worker-image: the worker image's container root under build/worker-image (the static
+## worker + e2fsprogs from Debian's packages): all the container sandbox needs. When the
+## image already has an initramfs (`make image` ran), it is repacked from the new root, so
+## the microVM never boots an older worker than the container runs.
+worker-image: setup worker
 	DEB_CACHE=$(BUILD)/debs images/build-worker-image.sh $(IMAGE_DIR) $(WORKER_BIN)
+	if [ -f $(IMAGE_DIR)/initramfs.cpio.gz ]; then \
+	  images/build-initramfs.sh $(IMAGE_DIR)/rootfs $(IMAGE_DIR)/initramfs.cpio.gz; fi
+
+## vm-image: what the microVM sandbox boots, added to the worker image: the worker kernel
+## (built once from Debian's linux-source, then cached: the slow step of `make image`) and
+## the container root packed as an initramfs; and QEMU's vsock backend.
+vm-image: worker-image vsock-tool
 	images/kernel/build.sh $(BUILD)/kernel
 	install -m 0644 $(BUILD)/kernel/current/vmlinux $(BUILD)/kernel/current/bzImage $(IMAGE_DIR)/
-	images/build-initramfs.sh $(IMAGE_DIR)/rootfs $(IMAGE_DIR)/initramfs.cpio.gz
+	if [ ! -f $(IMAGE_DIR)/initramfs.cpio.gz ]; then \
+	  images/build-initramfs.sh $(IMAGE_DIR)/rootfs $(IMAGE_DIR)/initramfs.cpio.gz; fi
+
+## image: the whole worker image: the container root and what the microVM boots.
+image: worker-image vm-image
 
 ## vsock-tool: vhost-device-vsock (crates.io), the vsock backend of the QEMU sandbox when the
 ## host has no /dev/vhost-vsock; installed into cargo's bin directory unless it already runs.
@@ -54,11 +68,13 @@ vsock-tool:
 	  $(CARGO) install --locked vhost-device-vsock --version '~0.3'; \
 	fi
 
-## demo: build everything, make a two-layer busybox OCI image, pull it into demo.ext4.
-demo: setup build image
+## demo: build what the demo runs (the host CLI, the static worker, the worker image's
+## container root; not the microVM kernel), make a two-layer busybox OCI image, pull it into
+## demo.ext4 with `--isolation auto` (which says on stderr which sandbox it chose and why).
+demo: setup build worker-image
 	$(FIXTURE_BIN) demo $(BUILD)/demo-oci
 	$(ROOTBOX) pull oci:$(BUILD)/demo-oci:demo -o $(CURDIR)/demo.ext4 --worker-image $(IMAGE_DIR) --progress
-	@echo "demo: $(CURDIR)/demo.ext4 built; inspect with: e2fsck -fn demo.ext4; debugfs -R 'ls -l /' demo.ext4"
+	@echo "demo: built $(CURDIR)/demo.ext4; next: inspect it (debugfs -R 'ls -l /' demo.ext4), try a registry image ($(ROOTBOX) pull debian:bookworm -o debian.ext4), or run the tests (make test: also builds the microVM kernel, once)"
 
 ## test: unit tests, then end-to-end and hostile-input tests as root (ROOTBOX_STRICT=1:
 ## a missing capability fails instead of skipping). PROPTEST_CASES: archives per property of

@@ -55,7 +55,8 @@ pub enum CacheCommand {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Isolation {
-    /// The microVM when a VMM is usable, else the container when root.
+    /// The microVM when KVM works, else the container when root, else the microVM under
+    /// TCG (emulated, slow) as the last resort.
     Auto,
     /// Namespace container (needs root).
     Container,

@@ -1,10 +1,12 @@
-//! `rootbox doctor`: what this machine offers, and why a sandbox cannot run.
+//! `rootbox doctor`: what this machine offers, which sandbox `--isolation auto` picks and
+//! why (the same decision and sentence as `pull`), and why a sandbox cannot run.
 
 use std::path::Path;
 
 use serde::Serialize;
 
-use crate::sandbox;
+use crate::cli::Isolation;
+use crate::sandbox::{self, choice, kvm, Plan};
 use crate::worker_image;
 
 #[derive(Debug, Serialize)]
@@ -29,55 +31,63 @@ struct Doctor {
     worker_image_found_via: Option<&'static str>,
     worker_image_problem: Option<String>,
     sandboxes: Vec<SandboxState>,
+    /// What `--isolation auto` runs (`container`, `vm`), null when nothing can run...
     default_isolation: Option<&'static str>,
+    /// ...its VMM and accelerator (null for the container)...
+    default_vmm: Option<&'static str>,
+    default_accel: Option<&'static str>,
+    /// ...and why: `pull --json`'s `isolation_reason`, or why nothing can run.
+    isolation_reason: String,
+    /// Where the KVM probe's verdict is kept until the host reboots, when it is.
+    kvm_probe_cache: Option<String>,
 }
 
 pub fn run(flag: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let img = worker_image::locate(flag);
-    let mut sandboxes = Vec::new();
-    let container_why = match &img {
-        Ok(i) => sandbox::container::unavailable(i),
-        Err(e) => Some(e.clone()),
+    // One look at the machine (one KVM probe at most) for all three answers.
+    let facts = img.as_ref().map(|i| choice::Facts::probe(Isolation::Auto, i));
+    let decide = |isolation| match &facts {
+        Ok(f) => choice::decide(isolation, f).map_err(|e| e.0),
+        Err(e) => Err(String::clone(e)),
     };
-    sandboxes.push(SandboxState {
-        name: "container",
-        usable: container_why.is_none(),
-        why_not: container_why,
-        vmm: None,
-        accel: None,
-        detail: None,
-    });
-    let vm = match &img {
-        Ok(i) => sandbox::vm::choose(i),
-        Err(e) => Err(e.clone()),
-    };
-    sandboxes.push(match vm {
-        Ok(p) => SandboxState {
-            name: "vm",
+    let state = |name, d: Result<sandbox::Decision, String>| match d {
+        Ok(d) => SandboxState {
+            name,
             usable: true,
             why_not: None,
-            vmm: Some(p.vmm.name()),
-            accel: Some(p.accel.name()),
-            detail: Some(p.describe()),
+            vmm: d.plan.vmm(),
+            accel: d.plan.accel(),
+            detail: match &d.plan {
+                Plan::Vm(p) => Some(p.describe()),
+                Plan::Container => None,
+            },
         },
         Err(why) => SandboxState {
-            name: "vm",
+            name,
             usable: false,
             why_not: Some(why),
             vmm: None,
             accel: None,
             detail: None,
         },
-    });
-    // `--isolation auto` prefers the microVM.
-    let default_isolation = sandboxes.iter().rev().find(|s| s.usable).map(|s| s.name);
+    };
+    let sandboxes =
+        vec![state("container", decide(Isolation::Container)), state("vm", decide(Isolation::Vm))];
+    let auto = decide(Isolation::Auto);
     let d = Doctor {
         version: env!("CARGO_PKG_VERSION"),
         worker_image: img.as_ref().ok().map(|i| i.dir.display().to_string()),
         worker_image_found_via: img.as_ref().ok().map(|i| i.found_via),
         worker_image_problem: img.as_ref().err().cloned(),
         sandboxes,
-        default_isolation,
+        default_isolation: auto.as_ref().ok().map(|d| d.plan.isolation()),
+        default_vmm: auto.as_ref().ok().and_then(|d| d.plan.vmm()),
+        default_accel: auto.as_ref().ok().and_then(|d| d.plan.accel()),
+        isolation_reason: match &auto {
+            Ok(d) => d.reason.clone(),
+            Err(why) => why.clone(),
+        },
+        kvm_probe_cache: kvm::cache_path().filter(|p| p.is_file()).map(|p| p.display().to_string()),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&d)?);
@@ -98,9 +108,14 @@ pub fn run(flag: Option<&Path>, json: bool) -> anyhow::Result<()> {
             (Some(w), _) => println!("sandbox {}: unavailable: {w}", s.name),
         }
     }
-    println!(
-        "default isolation: {}",
-        d.default_isolation.unwrap_or("none: no sandbox can run here")
-    );
+    match &auto {
+        Ok(a) => println!("--isolation auto: sandbox: {}", a.summary()),
+        Err(why) => println!("--isolation auto: {why}"),
+    }
+    if let Some(p) = &d.kvm_probe_cache {
+        println!(
+            "KVM probe verdict cached in {p} until the host reboots (delete it to probe again)"
+        );
+    }
     Ok(())
 }

@@ -50,6 +50,14 @@ impl Progress {
         }
     }
 
+    /// One line `rootbox: MSG` whether or not progress is reported (above the bars if any).
+    pub fn note(&self, msg: impl Display) {
+        match self.0.as_deref() {
+            Some(Mode::Bars(m)) if m.println(format!("rootbox: {msg}")).is_ok() => {}
+            _ => eprintln!("rootbox: {msg}"),
+        }
+    }
+
     /// A download of `total` bytes named `label` (`layer 2 of 5 (sha256:0123…)`).
     pub fn download(&self, label: String, total: u64) -> Download {
         let bar = match self.0.as_deref() {

@@ -42,7 +42,11 @@ pub fn run(args: &PullArgs) -> Result<Report> {
         sandbox::vm::Options::from_flags(args.vm_memory, args.boot_timeout, args.job_timeout)
             .map_err(anyhow::Error::msg)?;
     let wimage = worker_image::locate(args.worker_image.as_deref()).map_err(Unavailable)?;
-    let plan = sandbox::choose(args.isolation, &wimage)?;
+    let decision = sandbox::choose(args.isolation, &wimage)?;
+    if !args.json {
+        progress.note(format!("sandbox: {}", decision.summary()));
+    }
+    let plan = &decision.plan;
 
     // Fetch and verify: all up front for local sources; streamed for registries (see pipeline).
     let t = Instant::now();
@@ -68,7 +72,7 @@ pub fn run(args: &PullArgs) -> Result<Report> {
     out.set_len(scratch_bytes).context("sizing the output file")?;
 
     let t = Instant::now();
-    let mut worker = sandbox::start(&plan, &wimage, out.file(), &vm_options)?;
+    let mut worker = sandbox::start(plan, &wimage, out.file(), &vm_options)?;
     output::track_process_group(worker.process_group());
     let spec = JobSpec {
         image: image.name.clone(),
@@ -160,6 +164,7 @@ pub fn run(args: &PullArgs) -> Result<Report> {
         isolation: plan.isolation().into(),
         vmm: plan.vmm(),
         accel: plan.accel(),
+        isolation_reason: decision.reason.clone(),
         injected,
         os_release: outcome.result.os_release.clone(),
         warnings: outcome.warnings,

@@ -53,6 +53,9 @@ pub struct Report {
     pub vmm: Option<&'static str>,
     /// The microVM's accelerator (`kvm`, `tcg`), null for the container.
     pub accel: Option<&'static str>,
+    /// Why this sandbox: the sentence `doctor` and the human output print
+    /// (`no usable KVM: ...`, `asked for with --isolation vm; ...`).
+    pub isolation_reason: String,
     /// Whether guest assets / `--inject` files were written.
     pub injected: bool,
     /// The image's os-release fields (ID, VERSION_ID, PRETTY_NAME...), as the worker read them.

@@ -50,11 +50,26 @@ fn shell_quote(a: &std::ffi::OsStr) -> String {
 
 /// Runs `bin args...`, feeding `stdin` if given; fails the test after [`TIMEOUT`].
 pub fn run_with(bin: &Path, args: &[OsString], stdin: Option<Vec<u8>>) -> Outcome {
-    let mut command: Vec<String> = vec![shell_quote(bin.as_os_str())];
+    run_with_env(bin, args, stdin, &[])
+}
+
+/// [`run_with`] with `vars` added to the environment.
+pub fn run_with_env(
+    bin: &Path,
+    args: &[OsString],
+    stdin: Option<Vec<u8>>,
+    vars: &[(&str, &Path)],
+) -> Outcome {
+    let mut command: Vec<String> = vars
+        .iter()
+        .map(|(k, v)| format!("{k}={}", shell_quote(v.as_os_str())))
+        .chain([shell_quote(bin.as_os_str())])
+        .collect();
     command.extend(args.iter().map(|a| shell_quote(a)));
     let command = command.join(" ");
     let mut child = Command::new(bin)
         .args(args)
+        .envs(vars.iter().copied())
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -138,6 +153,39 @@ pub fn expect_success(o: &Outcome) {
 /// The lines of stderr that start with `rootbox: error: `.
 pub fn error_lines(o: &Outcome) -> Vec<&str> {
     o.stderr.lines().filter(|l| l.starts_with("rootbox: error: ")).collect()
+}
+
+/// The lines of stderr that say which sandbox ran and why (`rootbox: sandbox: ...`).
+pub fn sandbox_lines(o: &Outcome) -> Vec<&str> {
+    o.stderr.lines().filter(|l| l.starts_with("rootbox: sandbox: ")).collect()
+}
+
+/// What `pull` prints on stderr for the `--json` fields `isolation`, `vmm`, `accel` and
+/// `isolation_reason` of `v` (a pull's report, or doctor's `default_*` fields with `prefix`
+/// `default_`): `rootbox: sandbox: container (REASON)` or `... vm, VMM with ACCEL (REASON)`.
+pub fn sandbox_line(v: &Value, prefix: &str) -> String {
+    let field = |f: &str| v[format!("{prefix}{f}")].as_str().unwrap_or("?").to_string();
+    let reason = v["isolation_reason"].as_str().unwrap_or("?");
+    match field("isolation").as_str() {
+        "container" => format!("rootbox: sandbox: container ({reason})"),
+        other => format!(
+            "rootbox: sandbox: {other}, {} with {} ({reason})",
+            field("vmm"),
+            field("accel")
+        ),
+    }
+}
+
+/// `rootbox doctor --json --worker-image IMAGE` (with `vars` in its environment), parsed.
+pub fn doctor_json(bin: &Path, image: &Path, vars: &[(&str, &Path)]) -> Value {
+    let o = run_with_env(
+        bin,
+        &["doctor".into(), "--json".into(), "--worker-image".into(), image.into()],
+        None,
+        vars,
+    );
+    expect_success(&o);
+    json_summary(&o)
 }
 
 /// Fails the test unless the run exited with `code` and printed exactly one

@@ -13,8 +13,8 @@ use rootbox_tests::layer::{Entry, LayerBuilder};
 use rootbox_tests::model::Model;
 use rootbox_tests::oci::{self, Compression, DockerLayout, Image, LayerSpec, Written};
 use rootbox_tests::run::{
-    expect_dir_holds, expect_failure, expect_fsck_clean, expect_success, file_sha256, json_strings,
-    json_summary, text_summary, Outcome,
+    doctor_json, expect_dir_holds, expect_failure, expect_fsck_clean, expect_success, file_sha256,
+    json_strings, json_summary, sandbox_line, sandbox_lines, text_summary, Outcome,
 };
 use rootbox_tests::tree::{assert_same, Tree};
 use rootbox_tests::{require_root, snapshot, Env};
@@ -268,6 +268,59 @@ fn tiny_image(marker: &str) -> Image {
         .extend([Entry::dir("etc"), Entry::file("etc/which", marker.as_bytes())])
         .finish();
     Image::new(vec![LayerSpec::new(tar, Compression::Gzip)])
+}
+
+/// A worker image with only the container root, as `make demo` builds it: `--isolation vm`
+/// names what is missing and what builds it; `auto` runs the container and says why, with the
+/// same sentence in `doctor --json`, `pull --json` and pull's stderr line.
+#[test]
+fn a_worker_image_without_kernel_runs_the_container_and_says_why() {
+    let env = require_root!();
+    let tmp = tempdir();
+    let image = tmp.path().join("worker-image");
+    fs::create_dir(&image).expect("mkdir");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(env.worker_image.join("rootfs"))
+        .arg(&image)
+        .status()
+        .expect("cp");
+    assert!(cp.success(), "copying the worker image's rootfs");
+    let env = Env { worker_image: image.clone(), ..env };
+    let layout = tmp.path().join("oci");
+    tiny_image("x\n").write_oci(&layout, None).expect("write");
+    let source = format!("oci:{}", layout.display());
+    let out_dir = fresh_out(tmp.path(), "out");
+    let out = out_dir.join("out.ext4");
+
+    let vm = env.pull(&source, &out, &["--isolation", "vm"]);
+    expect_failure(&vm, &[5], &["has no vmlinux nor initramfs.cpio.gz", "make image", "minutes"]);
+    expect_dir_holds(&out_dir, &[]);
+
+    let d = doctor_json(&env.bin, &image, &[]);
+    assert_eq!(d["default_isolation"], "container", "{d:#}");
+    let reason = d["isolation_reason"].as_str().unwrap_or_default().to_string();
+    // No kernel to boot a KVM probe with; a machine without /dev/kvm says that first.
+    assert!(
+        reason.starts_with("no microVM kernel: ") || reason.starts_with("no usable KVM: "),
+        "{d:#}"
+    );
+
+    let json = pull_ok(&env, &source, &out_dir, &["--isolation", "auto", "--json"], None);
+    let v = json_summary(&json);
+    assert_eq!(v["isolation"], "container", "{}", json.describe());
+    assert!(v["vmm"].is_null() && v["accel"].is_null(), "{}", json.describe());
+    assert_eq!(v["isolation_reason"], reason.as_str(), "doctor and --json:\n{}", json.describe());
+    assert!(sandbox_lines(&json).is_empty(), "--json prints no sandbox line:\n{}", json.describe());
+
+    fs::remove_file(&out).expect("rm");
+    let text = pull_ok(&env, &source, &out_dir, &["--isolation", "auto"], None);
+    assert_eq!(sandbox_lines(&text), [sandbox_line(&v, "")], "{}", text.describe());
+    assert_eq!(
+        sandbox_line(&v, ""),
+        format!("rootbox: sandbox: container ({reason})"),
+        "doctor and stderr"
+    );
 }
 
 #[test]

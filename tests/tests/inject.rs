@@ -319,6 +319,7 @@ fn json_and_error_contract_is_stable() {
         ("layers", v["layers"].is_array()),
         ("diff_ids", v["diff_ids"].is_array()),
         ("isolation", v["isolation"].is_string()),
+        ("isolation_reason", v["isolation_reason"].is_string()),
         ("warnings", v["warnings"].is_array()),
         ("injected", v["injected"].is_boolean()),
         ("os_release", v["os_release"].is_object()),

@@ -22,8 +22,8 @@ use rootbox_tests::layer::{Entry as E, LayerBuilder};
 use rootbox_tests::model::Model;
 use rootbox_tests::oci::{Compression, Image, LayerSpec};
 use rootbox_tests::run::{
-    expect_dir_holds, expect_failure, expect_fsck_clean, expect_success, file_sha256, json_summary,
-    Outcome,
+    doctor_json, expect_dir_holds, expect_failure, expect_fsck_clean, expect_success, file_sha256,
+    json_summary, sandbox_line, sandbox_lines, Outcome,
 };
 use rootbox_tests::scene::Scene;
 use rootbox_tests::tree::{assert_same, Kind, Tree};
@@ -572,24 +572,74 @@ fn content_four_times_guest_memory_streams() {
 #[test]
 fn doctor_names_the_vm_sandbox() {
     let env = require_vm!();
-    let o = rootbox_tests::run::run_with(
-        &env.bin,
-        &[
-            "doctor".into(),
-            "--json".into(),
-            "--worker-image".into(),
-            env.worker_image.clone().into(),
-        ],
-        None,
-    );
-    expect_success(&o);
-    let v = json_summary(&o);
+    let v = doctor_json(&env.bin, &env.worker_image, &[]);
     let vm = v["sandboxes"]
         .as_array()
         .and_then(|a| a.iter().find(|s| s["name"] == "vm"))
-        .unwrap_or_else(|| panic!("no vm sandbox:\n{}", o.describe()));
-    assert_eq!(vm["usable"], true, "{}", o.describe());
-    assert_eq!(vm["vmm"], "qemu", "{}", o.describe());
-    assert!(vm["accel"] == "tcg" || vm["accel"] == "kvm", "{}", o.describe());
-    assert_eq!(v["default_isolation"], "vm", "{}", o.describe());
+        .unwrap_or_else(|| panic!("no vm sandbox:\n{v:#}"));
+    assert_eq!(vm["usable"], true, "{v:#}");
+    assert_eq!(vm["vmm"], "qemu", "{v:#}");
+    assert!(vm["accel"] == "tcg" || vm["accel"] == "kvm", "{v:#}");
+    // auto: the microVM only with KVM; as root (these tests are) the container otherwise.
+    let reason = v["isolation_reason"].as_str().unwrap_or_default();
+    if vm["accel"] == "kvm" {
+        assert_eq!(v["default_isolation"], "vm", "{v:#}");
+        assert_eq!(v["default_accel"], "kvm", "{v:#}");
+        assert!(reason.starts_with("KVM works"), "{v:#}");
+    } else {
+        assert_eq!(v["default_isolation"], "container", "{v:#}");
+        assert!(v["default_vmm"].is_null() && v["default_accel"].is_null(), "{v:#}");
+        let verdict = reason.strip_prefix("no usable KVM: ").unwrap_or_else(|| panic!("{v:#}"));
+        let detail = vm["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(verdict), "the vm sandbox's KVM note is the reason:\n{v:#}");
+    }
+}
+
+/// `--isolation auto` with the whole worker image: `doctor --json`, `pull --json` and pull's
+/// stderr line name the same sandbox with the same reason, whether the KVM verdict was just
+/// probed (doctor, with an empty private cache) or read from the cache (the pulls); and
+/// `--isolation vm` says why it runs as it does.
+#[test]
+fn auto_doctor_and_pull_agree() {
+    let env = require_vm!();
+    let scene = Scene::new(&env);
+    let runtime = tempdir();
+    let vars = [("XDG_RUNTIME_DIR", runtime.path())];
+    let d = doctor_json(&env.bin, &env.worker_image, &vars);
+    if d["isolation_reason"].as_str().is_some_and(|r| r.contains("probe boot")) {
+        let cache = runtime.path().join("rootbox/kvm-probe");
+        assert!(cache.is_file(), "doctor probed but cached no verdict:\n{d:#}");
+    }
+    let source = oci_of(&scene, vec![layer(vec![E::dir("etc"), E::file("etc/x", b"x\n")])]);
+    let pull = |flags: &[&str]| {
+        let args = pull_args(&env, &source, &scene.output(), flags);
+        let o = rootbox_tests::run::run_with_env(&env.bin, &args, None, &vars);
+        expect_success(&o);
+        o
+    };
+    let json = pull(&["--isolation", "auto", "--json"]);
+    let v = json_summary(&json);
+    for (pull, doctor) in [
+        ("isolation", "default_isolation"),
+        ("vmm", "default_vmm"),
+        ("accel", "default_accel"),
+        ("isolation_reason", "isolation_reason"),
+    ] {
+        assert_eq!(
+            v[pull],
+            d[doctor],
+            "pull's {pull} is not doctor's {doctor}:\n{d:#}\n{}",
+            json.describe()
+        );
+    }
+    let text = pull(&["--isolation", "auto"]);
+    assert_eq!(sandbox_lines(&text), [sandbox_line(&d, "default_")], "{}", text.describe());
+
+    let vm = pull(&["--isolation", "vm", "--json"]);
+    let v = json_summary(&vm);
+    let reason = v["isolation_reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("asked for with --isolation vm; "), "{}", vm.describe());
+    if v["accel"] == "tcg" {
+        assert!(reason.contains("no usable KVM: ") && reason.contains("TCG"), "{}", vm.describe());
+    }
 }

@@ -11,6 +11,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 
 use nix::sched::CloneFlags;
 
+use super::choice::NoContainer;
 use super::{Running, Tail, Unavailable};
 use crate::worker_image::WorkerImage;
 
@@ -18,24 +19,11 @@ use crate::worker_image::WorkerImage;
 const PROTO_FD: i32 = 3;
 const OUTPUT_FD: i32 = 4;
 
-/// Why the container sandbox cannot run here, if it cannot.
+/// Why the container sandbox cannot run here, if it cannot (the words `choice` uses too).
 pub fn unavailable(image: &WorkerImage) -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some(
-            "the container sandbox needs real root (loop devices, mounts, namespaces): run rootbox as root, or use --isolation vm where a VMM is available".into(),
-        );
-    }
-    if !std::path::Path::new("/dev/loop-control").exists() {
-        return Some("the container sandbox needs loop devices and /dev/loop-control is missing (modprobe loop)".into());
-    }
-    let problems = image.problems();
-    if !problems.is_empty() {
-        return Some(format!(
-            "the worker image is incomplete: {}; rebuild it with `make image`",
-            problems.join("; ")
-        ));
-    }
-    None
+    let root = nix::unistd::geteuid().is_root();
+    let loop_control = std::path::Path::new("/dev/loop-control").exists();
+    NoContainer::check(root, loop_control, &image.problems()).map(|why| why.message())
 }
 
 pub struct Container {

@@ -51,7 +51,8 @@ pub fn verdict(t: &Target) -> Verdict {
     v
 }
 
-fn device_problem() -> Option<String> {
+/// Why `/dev/kvm` cannot be used at all, found without booting anything.
+pub fn device_problem() -> Option<String> {
     let dev = Path::new("/dev/kvm");
     if !dev.exists() {
         return Some("there is no /dev/kvm".into());
@@ -146,7 +147,7 @@ fn boot(t: &Target) -> Verdict {
 
 /// `$XDG_RUNTIME_DIR/rootbox/kvm-probe`, or `/run/rootbox/kvm-probe` for root; both are
 /// cleared at boot. Nothing is cached elsewhere.
-fn cache_path() -> Option<PathBuf> {
+pub fn cache_path() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         return Some(PathBuf::from(d).join("rootbox/kvm-probe"));
     }
@@ -189,7 +190,9 @@ fn parse_cache(text: &str, key: &str) -> Option<Verdict> {
     }
     match lines.next()? {
         "works" => Some(Verdict::Works),
-        "broken" => Some(Verdict::Broken(format!("{} (cached probe result)", lines.next()?))),
+        // The same words as the probe that wrote it: pull and doctor print this verdict as the
+        // reason for their choice, and must agree whichever of them probed first.
+        "broken" => Some(Verdict::Broken(lines.next()?.to_string())),
         _ => None,
     }
 }
@@ -229,10 +232,7 @@ mod tests {
         assert_eq!(parse_cache(&w, "k1"), Some(Verdict::Works));
         assert_eq!(parse_cache(&w, "k2"), None, "another key is a miss");
         let b = render_cache("k1", &Verdict::Broken("hangs\nin boot".into()));
-        assert_eq!(
-            parse_cache(&b, "k1"),
-            Some(Verdict::Broken("hangs in boot (cached probe result)".into()))
-        );
+        assert_eq!(parse_cache(&b, "k1"), Some(Verdict::Broken("hangs in boot".into())));
         assert_eq!(parse_cache("k1\nmaybe\n", "k1"), None);
         assert_eq!(parse_cache("", "k1"), None);
     }

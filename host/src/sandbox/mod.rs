@@ -1,6 +1,7 @@
 //! Sandboxes the worker runs in. Each backend starts the worker with the output file and a
 //! duplex byte stream carrying the protocol; the job driver does not care which one runs.
 
+pub mod choice;
 pub mod console;
 pub mod container;
 pub mod firecracker;
@@ -15,6 +16,8 @@ use std::fs::File;
 use std::os::unix::net::UnixStream;
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
+
+pub use choice::Decision;
 
 use crate::cli::Isolation;
 use crate::worker_image::WorkerImage;
@@ -78,27 +81,11 @@ impl Plan {
     }
 }
 
-/// `vm`: Firecracker, QEMU+KVM, QEMU+TCG; `container`: the namespace container; `auto`: the
-/// microVM when a VMM and the worker kernel are there, else the container when root.
-pub fn choose(isolation: Isolation, image: &WorkerImage) -> Result<Plan, Unavailable> {
-    match isolation {
-        Isolation::Container => match container::unavailable(image) {
-            None => Ok(Plan::Container),
-            Some(why) => Err(Unavailable(why)),
-        },
-        Isolation::Vm => vm::choose(image)
-            .map(Plan::Vm)
-            .map_err(|why| Unavailable(format!("the microVM sandbox cannot run here: {why}"))),
-        Isolation::Auto => match vm::choose(image) {
-            Ok(p) => Ok(Plan::Vm(p)),
-            Err(vm_why) => match container::unavailable(image) {
-                None => Ok(Plan::Container),
-                Some(c_why) => Err(Unavailable(format!(
-                    "no sandbox can run here: microVM: {vm_why}; container: {c_why}"
-                ))),
-            },
-        },
-    }
+/// Probes this machine and decides (see choice.rs for the table): `vm`: Firecracker with
+/// KVM, QEMU with KVM, QEMU with TCG; `container`: the namespace container; `auto`: the
+/// microVM with KVM, else the container, else the microVM with TCG as the last resort.
+pub fn choose(isolation: Isolation, image: &WorkerImage) -> Result<Decision, Unavailable> {
+    choice::decide(isolation, &choice::Facts::probe(isolation, image))
 }
 
 /// Starts the chosen sandbox around `output`.

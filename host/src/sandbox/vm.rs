@@ -4,14 +4,14 @@
 //! vsock, the guest connecting out to the host, which listens before boot. Layer content and
 //! the filesystem being built are only ever seen by the guest kernel.
 //!
-//! This file chooses what runs (VMM, accelerator, vsock backend) and builds the guest command
-//! line; machine.rs runs one VM (lifecycle), console.rs keeps what it printed.
+//! This file holds what a VM plan is (VMM, accelerator, vsock backend) and builds the guest
+//! command line; choice.rs decides the plan, machine.rs runs one VM (lifecycle), console.rs
+//! keeps what it printed.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{firecracker, kvm, qemu};
+use super::qemu;
 use crate::worker_image::WorkerImage;
 
 pub use super::machine::{spawn_in_group, start};
@@ -95,7 +95,7 @@ pub enum VsockKind {
     Kernel,
 }
 
-/// What will run: chosen once per job by [`choose`].
+/// What will run: chosen once per job by [`super::choice::decide`].
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub vmm: Vmm,
@@ -123,21 +123,17 @@ impl Plan {
     }
 }
 
-/// The worker kernel and initramfs of `image`.
-pub fn assets(image: &WorkerImage) -> Result<(PathBuf, PathBuf), String> {
+/// The worker kernel and initramfs of `image`, or the names of those it lacks.
+pub fn assets(image: &WorkerImage) -> Result<(PathBuf, PathBuf), Vec<&'static str>> {
     let kernel = image.dir.join(KERNEL_FILE);
     let initrd = image.dir.join(INITRD_FILE);
-    let missing: Vec<&str> = [(KERNEL_FILE, &kernel), (INITRD_FILE, &initrd)]
+    let missing: Vec<&'static str> = [(KERNEL_FILE, &kernel), (INITRD_FILE, &initrd)]
         .into_iter()
         .filter(|(_, p)| !p.is_file())
         .map(|(n, _)| n)
         .collect();
     if !missing.is_empty() {
-        return Err(format!(
-            "the worker image {} has no {} (build it with `make image`)",
-            image.dir.display(),
-            missing.join(" nor ")
-        ));
+        return Err(missing);
     }
     Ok((kernel, initrd))
 }
@@ -159,70 +155,6 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(name)).find(|p| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     })
-}
-
-/// Picks Firecracker (needs KVM), then QEMU with KVM, then QEMU with TCG; or says what is
-/// missing. Probes KVM by booting (cached per host boot, see kvm.rs).
-pub fn choose(image: &WorkerImage) -> Result<Plan, String> {
-    let (kernel, initrd) = assets(image)?;
-    let fc = find_program(firecracker::BINARY);
-    let qemu_bin = find_program(qemu::BINARY);
-    let (probe_vmm, probe_bin) = match (&qemu_bin, &fc) {
-        (Some(q), _) => (Vmm::Qemu, q.clone()),
-        (None, Some(f)) => (Vmm::Firecracker, f.clone()),
-        (None, None) => {
-            return Err(format!(
-                "no VMM: neither {} nor {} is installed (apt-get install qemu-system-x86)",
-                firecracker::BINARY,
-                qemu::BINARY
-            ))
-        }
-    };
-    let kvm = kvm::verdict(&kvm::Target {
-        vmm: probe_vmm,
-        binary: &probe_bin,
-        kernel: &kernel,
-        initrd: &initrd,
-    });
-    let kvm_note = match &kvm {
-        kvm::Verdict::Works => None,
-        kvm::Verdict::Broken(why) => Some(why.clone()),
-    };
-    if let (Some(f), None) = (&fc, &kvm_note) {
-        let vsock = VsockKind::Hybrid { daemon: None };
-        return Ok(Plan {
-            vmm: Vmm::Firecracker,
-            accel: Accel::Kvm,
-            binary: f.clone(),
-            vsock,
-            kernel,
-            initrd,
-            kvm_note,
-        });
-    }
-    let Some(q) = qemu_bin else {
-        return Err(format!(
-            "{} is installed but KVM does not work here ({}), and {} (which runs without KVM) is not",
-            firecracker::BINARY,
-            kvm_note.unwrap_or_default(),
-            qemu::BINARY
-        ));
-    };
-    let vsock = if File::options().read(true).write(true).open("/dev/vhost-vsock").is_ok() {
-        VsockKind::Kernel
-    } else {
-        match find_program(qemu::VSOCK_DAEMON) {
-            Some(d) => VsockKind::Hybrid { daemon: Some(d) },
-            None => {
-                return Err(format!(
-                    "QEMU needs {} for the VM's vsock (there is no usable /dev/vhost-vsock): install it with `make vsock-tool`",
-                    qemu::VSOCK_DAEMON
-                ))
-            }
-        }
-    };
-    let accel = if kvm_note.is_none() { Accel::Kvm } else { Accel::Tcg };
-    Ok(Plan { vmm: Vmm::Qemu, accel, binary: q, vsock, kernel, initrd, kvm_note })
 }
 
 /// The host's TSC rate from `/proc/cpuinfo`'s first `cpu MHz` (the guest TSC runs at it).
@@ -280,9 +212,9 @@ mod tests {
     fn missing_assets_are_named() {
         let d = tempfile::tempdir().expect("tempdir");
         let img = WorkerImage { dir: d.path().to_path_buf(), found_via: "test" };
-        let e = assets(&img).unwrap_err();
-        assert!(e.contains("vmlinux nor initramfs.cpio.gz") && e.contains("make image"), "{e}");
+        assert_eq!(assets(&img).unwrap_err(), [KERNEL_FILE, INITRD_FILE]);
         std::fs::write(d.path().join(KERNEL_FILE), b"").expect("write");
+        assert_eq!(assets(&img).unwrap_err(), [INITRD_FILE]);
         std::fs::write(d.path().join(INITRD_FILE), b"").expect("write");
         assert!(assets(&img).is_ok());
     }
