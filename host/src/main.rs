@@ -17,6 +17,7 @@ mod progress;
 mod pull;
 mod report;
 mod sandbox;
+mod scratch;
 mod size;
 mod source;
 mod worker_image;

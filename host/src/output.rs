@@ -1,15 +1,21 @@
-//! The output file: built as a temp file beside the destination and renamed into place only on
-//! success. Every failure path removes it: drop on error, and a signal handler on SIGINT,
+//! The output file: built as an unnamed file in the destination's directory (or, where the
+//! filesystem has no O_TMPFILE, a temp file beside it) and moved into place only on success. Every failure path removes it: drop on error, and a signal handler on SIGINT,
 //! SIGTERM and SIGHUP that also kills the sandbox's process group and removes its temp dir.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use rustix::fs::{AtFlags, Mode, OFlags, CWD};
+use rustix::io::Errno;
 
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
+use crate::scratch;
 
 /// What a signal must undo.
 #[derive(Default)]
@@ -74,12 +80,28 @@ impl Drop for PendingGuard {
     }
 }
 
-/// A temp file beside the destination; removed on drop unless finished.
+fn set_pending(temp: Option<PathBuf>) {
+    if let Ok(mut p) = PENDING.lock() {
+        p.temp = temp;
+    }
+}
+
+/// The output being built: an unnamed file (`O_TMPFILE`) in the destination's directory,
+/// which nothing can leave behind, or, where the filesystem has none, a named temp file
+/// beside it (`.NAME.rootbox-PID-RANDOM.tmp`, locked while this run lives; the next run
+/// removes it if this one was killed). Removed on drop unless finished.
 pub struct Output {
     dest: PathBuf,
-    temp: tempfile::NamedTempFile,
+    dir: PathBuf,
+    /// `.NAME.` : what this output's temp names start with.
+    prefix: String,
+    file: File,
+    /// The temp file's name, when it has one.
+    named: Option<PathBuf>,
     _guard: PendingGuard,
 }
+
+const TEMP_SUFFIX: &str = ".tmp";
 
 impl Output {
     pub fn create(dest: &Path) -> io::Result<Self> {
@@ -91,37 +113,80 @@ impl Output {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "out".into());
-        let temp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            .tempfile_in(&dir)?;
-        if let Ok(mut p) = PENDING.lock() {
-            p.temp = Some(temp.path().to_path_buf());
+        let prefix = format!(".{name}.");
+        for left in scratch::sweep(&dir, &prefix, TEMP_SUFFIX) {
+            eprintln!(
+                "rootbox: removed {}, left by an earlier run that was killed",
+                rootbox_proto::text::printable(&left.display().to_string(), false)
+            );
         }
-        Ok(Self { dest: dest.to_path_buf(), temp, _guard: PendingGuard })
+        let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+        let (file, named) = match rustix::fs::open(&dir, flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => (File::from(fd), None),
+            // No O_TMPFILE on this filesystem (or kernel): a named, locked temp file.
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOSYS) => {
+                let path = dir.join(scratch::name(&prefix, TEMP_SUFFIX));
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)?;
+                set_pending(Some(path.clone()));
+                (f, Some(path))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        scratch::hold(&file)?;
+        Ok(Self { dest: dest.to_path_buf(), dir, prefix, file, named, _guard: PendingGuard })
     }
 
     pub fn file(&self) -> &File {
-        self.temp.as_file()
+        &self.file
     }
 
     /// Sets the sparse length the worker builds on.
     pub fn set_len(&self, len: u64) -> io::Result<()> {
-        self.file().set_len(len)
+        self.file.set_len(len)
     }
 
-    /// Truncates to `len`, hashes, syncs and renames into place.
-    pub fn finish(self, len: u64) -> io::Result<(PathBuf, Digest)> {
-        let Output { dest, temp, _guard } = self;
-        let mut perms = temp.as_file().metadata()?.permissions();
-        temp.as_file().set_len(len)?;
-        // NamedTempFile creates 0600; an image is an ordinary data file.
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
-        temp.as_file().set_permissions(perms)?;
-        let digest = sha256_file(temp.path())?;
-        temp.as_file().sync_all()?;
-        temp.persist(&dest).map_err(|e| e.error)?;
-        Ok((dest, digest))
+    /// Truncates to `len`, hashes, syncs and moves into place (an unnamed file is linked to
+    /// a temp name first: `linkat` cannot replace an existing destination, `rename` can).
+    pub fn finish(mut self, len: u64) -> io::Result<(PathBuf, Digest)> {
+        self.file.set_len(len)?;
+        // An image is an ordinary data file.
+        self.file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        let digest = sha256_of(&self.file)?;
+        self.file.sync_all()?;
+        let temp = match self.named.take() {
+            Some(p) => p,
+            None => {
+                let p = self.dir.join(scratch::name(&self.prefix, TEMP_SUFFIX));
+                let fd_path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+                set_pending(Some(p.clone()));
+                rustix::fs::linkat(CWD, fd_path.as_str(), CWD, &p, AtFlags::SYMLINK_FOLLOW)?;
+                p
+            }
+        };
+        if let Err(e) = std::fs::rename(&temp, &self.dest) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+        set_pending(None);
+        Ok((self.dest.clone(), digest))
+    }
+
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if let Some(p) = self.named.take() {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -155,10 +220,6 @@ impl Output {
         }
     }
 
-    fn dir(&self) -> &Path {
-        self.dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
-    }
-
     /// After a failed build: whether the destination's filesystem is (nearly) full, which
     /// explains the failure better than the worker's I/O error can. `needed` estimates the
     /// space the image needs.
@@ -172,7 +233,7 @@ impl Output {
         if free >= (total / 100).max(16 << 20) {
             return None;
         }
-        let written = self.temp.as_file().metadata().map(|m| m.blocks() * 512).unwrap_or(0);
+        let written = self.file.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
         Some(NoSpace {
             dir: dir.display().to_string(),
             mount: mount_point(dir),
@@ -196,15 +257,22 @@ fn mount_point(dir: &Path) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// sha256 of a file, reading holes as zeros (as any reader of the image will).
-pub fn sha256_file(path: &Path) -> io::Result<Digest> {
-    let mut f = File::open(path)?;
+/// sha256 of an open file from its first byte, holes read as zeros (as any reader of the
+/// image will); read at offsets, so its position is untouched.
+pub fn sha256_of(f: &File) -> io::Result<Digest> {
+    use std::os::unix::fs::FileExt;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
     loop {
-        match f.read(&mut buf)? {
-            0 => break,
-            n => h.update(&buf[..n]),
+        match f.read_at(&mut buf, at) {
+            Ok(0) => break,
+            Ok(n) => {
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(Digest::from_sha256(h))

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use super::console::{console_suffix, Console};
 use super::vm::{cmdline, Options, Plan, Vmm, VsockKind, GUEST_CID};
 use super::{firecracker, qemu, vsock, Running};
-use crate::output;
+use crate::{output, scratch};
 
 /// How long the guest may take to power off after the job.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -165,7 +165,7 @@ impl Listener {
 /// A boot in progress: whatever it started is stopped and removed on drop unless it became
 /// a [`Vm`].
 struct Attempt {
-    dir: Option<tempfile::TempDir>,
+    dir: Option<scratch::Dir>,
     daemon: Option<Child>,
     procs: Option<Procs>,
 }
@@ -196,11 +196,9 @@ struct Failed {
 /// Boots a VM for one job around `output`; one more boot if the first never reached the
 /// worker (e.g. the kernel hung early).
 pub fn start(plan: &Plan, output: &File, opts: &Options) -> Result<Vm, BootError> {
-    let fd_link = PathBuf::from(format!("/proc/self/fd/{}", output.as_raw_fd()));
-    let out = std::fs::read_link(&fd_link).map_err(|source| BootError::Setup {
-        what: format!("finding the output file ({})", fd_link.display()),
-        source,
-    })?;
+    // The output may have no name (O_TMPFILE): a VMM that wants a path gets this process's
+    // descriptor of it.
+    let out = PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), output.as_raw_fd()));
     match boot(plan, &out, output, opts, None) {
         Ok(vm) => Ok(vm),
         Err(Failed { error, retry: true }) => {
@@ -241,9 +239,7 @@ fn boot(
         let what = what.to_string();
         move |source| Failed { error: BootError::Setup { what, source }, retry: false }
     };
-    let dir = tempfile::Builder::new()
-        .prefix("rootbox-vm-")
-        .tempdir_in(socket_base())
+    let dir = scratch::Dir::create(&socket_base(), ".vm")
         .map_err(setup("creating its socket directory"))?;
     output::track_cleanup_dir(Some(dir.path().to_path_buf()));
     let mut att = Attempt { dir: Some(dir), daemon: None, procs: None };
@@ -476,7 +472,7 @@ pub struct Vm {
     shared: Arc<Shared>,
     stream: UnixStream,
     watcher: Option<JoinHandle<()>>,
-    dir: Option<tempfile::TempDir>,
+    dir: Option<scratch::Dir>,
     pgid: i32,
     /// From the VMM's start to the worker's connection.
     pub boot_ms: u64,
