@@ -12,6 +12,7 @@ pub mod digest;
 pub mod fixture;
 pub mod guard;
 pub mod layer;
+pub mod lifecycle;
 pub mod model;
 pub mod oci;
 pub mod registry;
