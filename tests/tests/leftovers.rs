@@ -115,3 +115,73 @@ fn kill_9_mid_pull_leaves_only_the_vm_socket_dir_which_the_next_run_removes() {
     expect_dir_holds(&private_tmp, &[]);
     expect_dir_holds(&out_dir, &["next.ext4"]);
 }
+
+/// `size` bytes of `tag-00000000-tag-00000001-…`: text no other part of an image holds.
+fn pattern(tag: &str, size: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(size + 64);
+    let mut i = 0u32;
+    while v.len() < size {
+        v.extend_from_slice(format!("{tag}-{i:08}-").as_bytes());
+        i += 1;
+    }
+    v.truncate(size);
+    v
+}
+
+fn holds(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A lower layer holds two secrets (then 64 MiB of noise, so the microVM's guest, short of
+/// memory, writes them back before the next layer runs: in the container they may never
+/// leave the page cache); the upper layer whites one out and replaces the other. Neither may
+/// be in the image's raw bytes; a file that stays must be.
+fn deleted_data_is_not_in_the_image(env: &Env, isolation: &str) {
+    use rootbox_tests::layer::{Entry as E, LayerBuilder};
+    use rootbox_tests::lifecycle::Noise;
+    use rootbox_tests::oci::{Compression, Image};
+    use std::io::Read;
+
+    let tmp = tempdir();
+    let whited = pattern("ROOTBOX-SECRET-WHITED-OUT", 256 << 10);
+    let replaced = pattern("ROOTBOX-SECRET-REPLACED", 256 << 10);
+    let kept = pattern("ROOTBOX-KEPT", 256 << 10);
+    let mut noise = Vec::new();
+    Noise::new(7, 64 << 20).read_to_end(&mut noise).expect("noise");
+    let lower = LayerBuilder::new()
+        .extend([
+            E::dir("etc"),
+            E::file("etc/a.key", &whited),
+            E::file("etc/b.key", &replaced),
+            E::file("etc/kept", &kept),
+            E::file("noise", &noise),
+        ])
+        .finish();
+    let upper = LayerBuilder::new()
+        .extend([E::whiteout("etc/a.key"), E::file("etc/b.key", b"rotated\n")])
+        .finish();
+    let oci = tmp.path().join("oci");
+    Image::from_tars(&[lower, upper], Compression::None).write_oci(&oci, None).expect("oci");
+    let out = tmp.path().join("out.ext4");
+    // A fixed size, so shrinking (which moves blocks into free space) cannot hide a leak.
+    let args = ["--isolation", isolation, "--size", "1G"];
+    let o = env.pull(&format!("oci:{}", oci.display()), &out, &args);
+    assert_eq!(o.code, 0, "pull failed: {}", o.stderr);
+    let image = fs::read(&out).expect("read image");
+    let probe = |p: &[u8]| holds(&image, &p[..64]);
+    assert!(probe(&kept), "{isolation}: the scan cannot find content the image keeps");
+    assert!(!probe(&whited), "{isolation}: the whited-out secret is in the image's bytes");
+    assert!(!probe(&replaced), "{isolation}: the replaced secret is in the image's bytes");
+}
+
+#[test]
+fn deleted_data_is_not_in_the_image_in_the_container() {
+    let env = require_root!();
+    deleted_data_is_not_in_the_image(&env, "container");
+}
+
+#[test]
+fn deleted_data_is_not_in_the_image_in_the_vm() {
+    let env = require_vm!();
+    deleted_data_is_not_in_the_image(&env, "vm");
+}
