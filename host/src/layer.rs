@@ -144,7 +144,8 @@ impl std::error::Error for LimitHit {}
 
 fn blob_path(layer: &Layer) -> std::path::PathBuf {
     match &layer.blob {
-        crate::source::BlobLocation::File { path, .. } => path.clone(),
+        crate::source::BlobLocation::File { path, .. }
+        | crate::source::BlobLocation::Opened { path, .. } => path.clone(),
         crate::source::BlobLocation::Spooled { .. } => "<stdin>".into(),
     }
 }

@@ -51,6 +51,9 @@ pub enum CacheError {
         #[source]
         source: nix::Error,
     },
+    /// A cache directory another user could change under rootbox (which runs as root).
+    #[error("refusing the cache directory {path}: it is {why}; remove it or point $XDG_CACHE_HOME elsewhere")]
+    Unsafe { path: PathBuf, why: &'static str },
     #[error("{path} is not valid JSON of the expected shape")]
     Json {
         path: PathBuf,
@@ -63,6 +66,28 @@ pub type Result<T> = std::result::Result<T, CacheError>;
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CacheError + 'a {
     move |source| CacheError::Io { op, path: path.to_path_buf(), source }
+}
+
+/// A directory of the cache must be a real directory (not a symlink), owned by this user or
+/// root, and writable by no one else: what it holds is shipped into images and parsed.
+fn safe_dir(d: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(d).map_err(io_err("inspecting", d))?;
+    let unsafe_because = |why| Err(CacheError::Unsafe { path: d.to_path_buf(), why });
+    if m.file_type().is_symlink() {
+        return unsafe_because("a symlink");
+    }
+    if !m.is_dir() {
+        return unsafe_because("not a directory");
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if m.uid() != me && m.uid() != 0 {
+        return unsafe_because("owned by another user");
+    }
+    if m.mode() & 0o022 != 0 {
+        return unsafe_because("writable by its group or by others");
+    }
+    Ok(())
 }
 
 /// Shared cache locks held until the process exits: a pull's blob paths must stay valid
@@ -93,6 +118,15 @@ impl Cache {
         let c = Self { root };
         for d in [c.root.join("blobs/sha256"), c.private().join("ingest")] {
             fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
+        }
+        for d in [
+            c.root.clone(),
+            c.root.join("blobs"),
+            c.root.join("blobs/sha256"),
+            c.private(),
+            c.private().join("ingest"),
+        ] {
+            safe_dir(&d)?;
         }
         let marker = c.root.join("oci-layout");
         if !marker.is_file() {
@@ -329,6 +363,24 @@ mod tests {
         assert!(parse_duration("3y").is_err());
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("99999999999999999999w").is_err());
+    }
+
+    #[test]
+    fn cache_directories_others_could_change_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        Cache::open(real.clone()).unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let Err(e) = Cache::open(link) else { panic!("a symlinked cache opened") };
+        assert!(e.to_string().contains("a symlink"), "{e}");
+        let blobs = real.join("blobs/sha256");
+        fs::set_permissions(&blobs, fs::Permissions::from_mode(0o777)).unwrap();
+        let Err(e) = Cache::open(real.clone()) else { panic!("a world-writable cache opened") };
+        assert!(e.to_string().contains("writable"), "{e}");
+        fs::set_permissions(&blobs, fs::Permissions::from_mode(0o755)).unwrap();
+        Cache::open(real).unwrap();
     }
 
     #[test]

@@ -14,34 +14,52 @@ use super::{now_secs, Cache, CacheError, Result};
 use crate::digest::Digest;
 use crate::size::human;
 
-/// The digests a manifest or index blob points at (config, layers, child manifests).
-fn children(cache: &Cache, d: &Digest) -> Vec<Digest> {
-    let Ok(bytes) = fs::read(cache.blob_path(d)) else { return Vec::new() };
+/// What a manifest or index blob points at: configs and layers (never parsed), child
+/// manifests (parsed in turn). Read beneath the cache, never through a symlink, bounded.
+fn children(cache: &Cache, d: &Digest) -> Vec<(Digest, Reached)> {
+    use std::io::Read as _;
+    let Ok(root) = crate::source::local::Root::open(cache.root()) else { return Vec::new() };
+    let Ok(f) = root.file(&format!("blobs/sha256/{}", d.hex())) else { return Vec::new() };
+    let mut bytes = Vec::new();
+    let max = crate::source::spec::JSON_MAX;
+    if f.take(max + 1).read_to_end(&mut bytes).is_err() || bytes.len() as u64 > max {
+        return Vec::new();
+    }
     let Ok(v) = serde_json::from_slice::<Value>(&bytes) else { return Vec::new() };
     let mut out = Vec::new();
-    let mut push = |x: &Value| {
+    let mut push = |x: &Value, how: Reached| {
         if let Some(d) = x.get("digest").and_then(Value::as_str).and_then(|s| Digest::parse(s).ok())
         {
-            out.push(d);
+            out.push((d, how));
         }
     };
     if let Some(c) = v.get("config") {
-        push(c);
+        push(c, Reached::Leaf);
     }
-    for key in ["layers", "manifests"] {
-        for x in v.get(key).and_then(Value::as_array).into_iter().flatten() {
-            push(x);
-        }
+    for x in v.get("layers").and_then(Value::as_array).into_iter().flatten() {
+        push(x, Reached::Leaf);
+    }
+    for x in v.get("manifests").and_then(Value::as_array).into_iter().flatten() {
+        push(x, Reached::Manifest);
     }
     out
+}
+
+/// How a blob was reached: as a manifest or index (its JSON names more blobs), or as a config
+/// or layer (nothing in it is read).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reached {
+    Manifest,
+    Leaf,
 }
 
 /// Every blob an entry needs, present or not.
 fn closure(cache: &Cache, roots: impl IntoIterator<Item = Digest>) -> BTreeSet<Digest> {
     let mut seen = BTreeSet::new();
-    let mut stack: Vec<Digest> = roots.into_iter().collect();
-    while let Some(d) = stack.pop() {
-        if seen.insert(d.clone()) {
+    let mut stack: Vec<(Digest, Reached)> =
+        roots.into_iter().map(|d| (d, Reached::Manifest)).collect();
+    while let Some((d, how)) = stack.pop() {
+        if seen.insert(d.clone()) && how == Reached::Manifest {
             stack.extend(children(cache, &d));
         }
     }
@@ -246,4 +264,33 @@ pub fn prune(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest whose layer blob is a FIFO and whose config is not JSON: the closure reads
+    /// neither (a layer is never parsed to find children), so it neither blocks nor fails.
+    #[test]
+    fn only_manifests_and_indexes_are_read() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let c = Cache::open(d.path().join("oci")).expect("cache");
+        let layer = Digest::of(b"layer");
+        let config = Digest::of(b"config");
+        let fifo = c.blob_path(&layer);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        c.put(&config, b"config").expect("config");
+        let manifest = serde_json::json!({
+            "config": {"digest": config.to_string()},
+            "layers": [{"digest": layer.to_string()}],
+        })
+        .to_string();
+        let m = Digest::of(manifest.as_bytes());
+        c.put(&m, manifest.as_bytes()).expect("manifest");
+        let t = std::time::Instant::now();
+        let got = closure(&c, [m.clone()]);
+        assert!(t.elapsed() < Duration::from_secs(2));
+        assert_eq!(got, BTreeSet::from([m, config, layer]));
+    }
 }

@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::local;
 use super::spec::{self, PlatformSpec};
 use super::{
     check_platform, pair_diff_ids, read_bounded, BlobLocation, CompressionHint, Image, Layer,
@@ -52,19 +53,18 @@ impl DockerArchive {
         }
     }
 
-    fn io(&self, what: &str) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
-        let what = format!("{}: {what}", self.name);
-        move |source| SourceError::Io { what, path: self.path.clone(), source }
-    }
-
-    /// Lists the tarball's members: name → location (or link target).
-    fn members(&self) -> Result<HashMap<String, Member>> {
-        let f = File::open(&self.path).map_err(|e| match e.kind() {
+    /// Opens the tarball once (a regular file, never blocking: see `local`).
+    fn open(&self) -> Result<Arc<File>> {
+        local::open_regular(&self.path).map(Arc::new).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => {
                 SourceError::Missing { what: "docker archive".into(), path: self.path.clone() }
             }
             _ => SourceError::Io { what: self.name.clone(), path: self.path.clone(), source: e },
-        })?;
+        })
+    }
+
+    /// Lists the tarball's members: name → location (or link target).
+    fn members(&self, f: &File) -> Result<HashMap<String, Member>> {
         let mut ar = rootbox_tar::Archive::seekable(std::io::BufReader::new(f));
         let mut out = HashMap::new();
         while let Some(member) = ar.next_member().map_err(|e| self.listing(e))? {
@@ -111,6 +111,7 @@ impl DockerArchive {
 
     fn read_member(
         &self,
+        file: &Arc<File>,
         members: &HashMap<String, Member>,
         name: &str,
         what: &str,
@@ -119,9 +120,7 @@ impl DockerArchive {
         if len > spec::JSON_MAX {
             return Err(SourceError::TooLarge { what: what.into(), max: spec::JSON_MAX });
         }
-        let mut f = File::open(&self.path).map_err(self.io(what))?;
-        f.seek(SeekFrom::Start(offset)).map_err(self.io(what))?;
-        read_bounded(f.take(len), what, &self.path)
+        read_bounded(local::At::new(file.clone(), offset, len), what, &self.path)
     }
 }
 
@@ -148,10 +147,11 @@ fn digest_in_name(name: &str) -> Option<Digest> {
 
 impl Source for DockerArchive {
     fn resolve(&self, platform: &PlatformSpec) -> Result<Image> {
-        let members = self.members()?;
+        let file = self.open()?;
+        let members = self.members(&file)?;
         let what = format!("{} manifest.json", self.name);
         let manifest: Vec<Entry> =
-            serde_json::from_slice(&self.read_member(&members, "manifest.json", &what)?)
+            serde_json::from_slice(&self.read_member(&file, &members, "manifest.json", &what)?)
                 .map_err(|source| SourceError::Json { what: what.clone(), source })?;
         let entry = match manifest.as_slice() {
             [one] => one,
@@ -168,7 +168,7 @@ impl Source for DockerArchive {
             }
         };
         let cwhat = format!("{} config", self.name);
-        let config_bytes = self.read_member(&members, &entry.config, &cwhat)?;
+        let config_bytes = self.read_member(&file, &members, &entry.config, &cwhat)?;
         let config_digest = Digest::of(&config_bytes);
         let expected = digest_in_name(&entry.config).or_else(|| {
             let stem = Path::new(&entry.config).file_stem()?.to_string_lossy().into_owned();
@@ -196,7 +196,12 @@ impl Source for DockerArchive {
                 verify_digest: named.is_some(),
                 diff_id: Some(diff_id),
                 compression: CompressionHint::Sniff,
-                blob: BlobLocation::File { path: self.path.clone(), offset, len },
+                blob: BlobLocation::Opened {
+                    file: file.clone(),
+                    path: self.path.clone(),
+                    offset,
+                    len,
+                },
             });
         }
         Ok(Image { name: self.name.clone(), digest: config_digest, layers })

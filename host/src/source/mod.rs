@@ -5,6 +5,7 @@
 //! blob locations; layer bytes are read later, by [`crate::layer`], and only as bytes.
 
 mod docker_archive;
+pub mod local;
 mod oci_layout;
 pub mod registry;
 mod rootfs_tar;
@@ -74,6 +75,9 @@ pub type Result<T> = std::result::Result<T, SourceError>;
 pub enum BlobLocation {
     /// `len` bytes at `offset` of a file (a whole blob file, or a member of a tarball).
     File { path: PathBuf, offset: u64, len: u64 },
+    /// `len` bytes at `offset` of a local source's file, opened once (safely: see
+    /// [`local`]) when the source was resolved; `path` names it in messages.
+    Opened { file: Arc<File>, path: PathBuf, offset: u64, len: u64 },
     /// An unlinked temp file holding spooled input (stdin).
     Spooled { file: Arc<File>, len: u64 },
 }
@@ -81,7 +85,7 @@ pub enum BlobLocation {
 impl BlobLocation {
     pub fn len(&self) -> u64 {
         match self {
-            Self::File { len, .. } | Self::Spooled { len, .. } => *len,
+            Self::File { len, .. } | Self::Opened { len, .. } | Self::Spooled { len, .. } => *len,
         }
     }
 
@@ -92,6 +96,10 @@ impl BlobLocation {
                 f.seek(SeekFrom::Start(*offset))?;
                 Ok(Box::new(io::BufReader::with_capacity(1 << 20, f.take(*len))))
             }
+            Self::Opened { file, offset, len, .. } => Ok(Box::new(io::BufReader::with_capacity(
+                1 << 20,
+                local::At::new(file.clone(), *offset, *len),
+            ))),
             Self::Spooled { file, len } => {
                 let mut f = file.try_clone()?;
                 f.seek(SeekFrom::Start(0))?;
@@ -211,16 +219,6 @@ pub fn parse(s: &str) -> Result<Box<dyn Source>> {
         return Ok(Box::new(rootfs_tar::RootfsTar::new(rest, s)));
     }
     Err(SourceError::Syntax(s.to_string()))
-}
-
-/// Reads a JSON document of at most `spec::JSON_MAX` bytes.
-pub fn read_json_file<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
-    let f = File::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => SourceError::Missing { what: what.into(), path: path.into() },
-        _ => SourceError::Io { what: what.into(), path: path.into(), source: e },
-    })?;
-    let bytes = read_bounded(f, what, path)?;
-    serde_json::from_slice(&bytes).map_err(|source| SourceError::Json { what: what.into(), source })
 }
 
 pub fn read_bounded(r: impl Read, what: &str, path: &Path) -> Result<Vec<u8>> {

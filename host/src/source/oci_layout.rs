@@ -1,7 +1,9 @@
 //! `oci:DIR[:TAG]`: an OCI image layout on disk.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use super::local::Root;
 use super::spec::{self, Descriptor, Index, Manifest, PlatformSpec};
 use super::{
     check_blob, manifest_layers, read_bounded, select_platform, BlobLocation, Image, Result,
@@ -28,28 +30,33 @@ impl OciLayout {
         Self { dir, tag, name: name.to_string() }
     }
 
-    fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.dir.join("blobs/sha256").join(d.hex())
+    fn blob_name(d: &Digest) -> String {
+        format!("blobs/sha256/{}", d.hex())
+    }
+
+    /// Opens `rel` beneath the layout (regular files only, no symlinks).
+    fn open(&self, root: &Root, rel: &str, what: &str) -> Result<std::fs::File> {
+        root.file(rel).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                SourceError::Missing { what: what.into(), path: root.display(rel) }
+            }
+            _ => SourceError::Io { what: what.into(), path: root.display(rel), source: e },
+        })
     }
 
     /// Reads a JSON blob, checking its size and digest against the descriptor.
     fn read_blob_json<T: serde::de::DeserializeOwned>(
         &self,
+        root: &Root,
         desc: &Descriptor,
         what: &str,
     ) -> Result<T> {
         if desc.size > spec::JSON_MAX {
             return Err(SourceError::TooLarge { what: what.into(), max: spec::JSON_MAX });
         }
-        let path = self.blob_path(&desc.digest);
-        let f = std::fs::File::open(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => SourceError::Missing {
-                what: format!("{what} blob {}", desc.digest),
-                path: path.clone(),
-            },
-            _ => SourceError::Io { what: what.into(), path: path.clone(), source: e },
-        })?;
-        let bytes = read_bounded(f, what, &path)?;
+        let rel = Self::blob_name(&desc.digest);
+        let f = self.open(root, &rel, &format!("{what} blob {}", desc.digest))?;
+        let bytes = read_bounded(f, what, &root.display(&rel))?;
         check_blob(what, desc, &bytes)?;
         serde_json::from_slice(&bytes)
             .map_err(|source| SourceError::Json { what: what.into(), source })
@@ -91,6 +98,7 @@ impl OciLayout {
     /// Follows nested indexes down to the manifest for `platform`.
     fn manifest(
         &self,
+        root: &Root,
         mut desc: Descriptor,
         platform: &PlatformSpec,
     ) -> Result<(Descriptor, Manifest)> {
@@ -98,10 +106,12 @@ impl OciLayout {
             let is_index =
                 desc.media_type == spec::OCI_INDEX || desc.media_type == spec::DOCKER_LIST;
             if !is_index {
-                let m: Manifest = self.read_blob_json(&desc, &format!("{} manifest", self.name))?;
+                let m: Manifest =
+                    self.read_blob_json(root, &desc, &format!("{} manifest", self.name))?;
                 return Ok((desc, m));
             }
-            let idx: Index = self.read_blob_json(&desc, &format!("{} image index", self.name))?;
+            let idx: Index =
+                self.read_blob_json(root, &desc, &format!("{} image index", self.name))?;
             desc = select_platform(&self.name, &idx, platform)?;
         }
         Err(SourceError::Invalid(format!("{}: image indexes nested too deeply", self.name)))
@@ -110,33 +120,52 @@ impl OciLayout {
 
 impl Source for OciLayout {
     fn resolve(&self, platform: &PlatformSpec) -> Result<Image> {
-        let layout = self.dir.join("oci-layout");
-        if !layout.is_file() {
-            return Err(SourceError::Missing {
-                what: format!("{}: OCI layout marker", self.name),
-                path: layout,
-            });
-        }
-        let index: Index = super::read_json_file(
-            &self.dir.join("index.json"),
-            &format!("{} index.json", self.name),
-        )?;
+        let root = Root::open(&self.dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => SourceError::Missing {
+                what: format!("{}: OCI layout directory", self.name),
+                path: self.dir.clone(),
+            },
+            _ => SourceError::Io {
+                what: format!("{}: OCI layout directory", self.name),
+                path: self.dir.clone(),
+                source: e,
+            },
+        })?;
+        self.open(&root, "oci-layout", &format!("{}: OCI layout marker", self.name))?;
+        let what = format!("{} index.json", self.name);
+        let f = self.open(&root, "index.json", &what)?;
+        let bytes = read_bounded(f, &what, &root.display("index.json"))?;
+        let index: Index = serde_json::from_slice(&bytes)
+            .map_err(|source| SourceError::Json { what: what.clone(), source })?;
         let desc = self.pick(&index)?.clone();
-        let (desc, manifest) = self.manifest(desc, platform)?;
+        let (desc, manifest) = self.manifest(&root, desc, platform)?;
         let config: spec::Config =
-            self.read_blob_json(&manifest.config, &format!("{} config", self.name))?;
+            self.read_blob_json(&root, &manifest.config, &format!("{} config", self.name))?;
         let layers = manifest_layers(&self.name, platform, &manifest, &config, |d, what| {
-            let path = self.blob_path(&d.digest);
-            let meta = std::fs::metadata(&path)
-                .map_err(|_| SourceError::Missing { what: what.into(), path: path.clone() })?;
-            if meta.len() != d.size {
+            let rel = Self::blob_name(&d.digest);
+            // Opened now, once: what is verified and shipped later is this file.
+            let file = self.open(&root, &rel, what)?;
+            let len = file
+                .metadata()
+                .map_err(|e| SourceError::Io {
+                    what: what.into(),
+                    path: root.display(&rel),
+                    source: e,
+                })?
+                .len();
+            if len != d.size {
                 return Err(SourceError::SizeMismatch {
                     what: what.into(),
                     expected: d.size,
-                    actual: meta.len(),
+                    actual: len,
                 });
             }
-            Ok(BlobLocation::File { path, offset: 0, len: d.size })
+            Ok(BlobLocation::Opened {
+                file: Arc::new(file),
+                path: root.display(&rel),
+                offset: 0,
+                len: d.size,
+            })
         })?;
         Ok(Image { name: self.name.clone(), digest: desc.digest, layers })
     }

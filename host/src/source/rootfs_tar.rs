@@ -1,7 +1,6 @@
 //! `rootfs-tar:FILE` / `rootfs-tar:-`: a flat filesystem tar (`docker export`), one layer.
 //! Standard input is spooled to an unlinked temp file so it can be verified, then shipped.
 
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,19 +45,23 @@ impl Source for RootfsTar {
     fn resolve(&self, _platform: &PlatformSpec) -> Result<Image> {
         let (digest, blob) = match &self.path {
             Some(path) => {
-                let f = File::open(path).map_err(|e| match e.kind() {
+                let f = super::local::open_regular(path).map_err(|e| match e.kind() {
                     io::ErrorKind::NotFound => {
                         SourceError::Missing { what: "rootfs tar".into(), path: path.clone() }
                     }
                     _ => SourceError::Io { what: self.name.clone(), path: path.clone(), source: e },
                 })?;
-                let (digest, len) = hash_copy(io::BufReader::with_capacity(1 << 20, f), io::sink())
-                    .map_err(|source| SourceError::Io {
-                        what: self.name.clone(),
-                        path: path.clone(),
-                        source,
-                    })?;
-                (digest, BlobLocation::File { path: path.clone(), offset: 0, len })
+                let f = Arc::new(f);
+                let whole = super::local::At::new(f.clone(), 0, u64::MAX);
+                let (digest, len) =
+                    hash_copy(io::BufReader::with_capacity(1 << 20, whole), io::sink()).map_err(
+                        |source| SourceError::Io {
+                            what: self.name.clone(),
+                            path: path.clone(),
+                            source,
+                        },
+                    )?;
+                (digest, BlobLocation::Opened { file: f, path: path.clone(), offset: 0, len })
             }
             None => {
                 let stdin = PathBuf::from("<stdin>");
