@@ -185,3 +185,68 @@ fn deleted_data_is_not_in_the_image_in_the_vm() {
     let env = require_vm!();
     deleted_data_is_not_in_the_image(&env, "vm");
 }
+
+/// An OCI layout of one small layer; returns (source, the layer blob's path).
+fn small_oci(dir: &Path) -> (String, PathBuf) {
+    use rootbox_tests::layer::{Entry as E, LayerBuilder};
+    use rootbox_tests::oci::{Compression, Image};
+    let tar =
+        LayerBuilder::new().extend([E::dir("etc"), E::file("etc/hostname", b"box\n")]).finish();
+    let oci = dir.join("oci");
+    Image::from_tars(&[tar], Compression::None).write_oci(&oci, None).expect("oci");
+    // The layer is the largest blob (the others are small JSON documents).
+    let blob = fs::read_dir(oci.join("blobs/sha256"))
+        .expect("blobs")
+        .flatten()
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .expect("a blob")
+        .path();
+    (format!("oci:{}", oci.display()), blob)
+}
+
+fn expect_refused_quickly(env: &Env, source: &str, out: &Path, mention: &str) {
+    let start = Instant::now();
+    let args = pull_args(env, source, out, &["--isolation", "container"]);
+    let (child, rx) = spawn_rootbox(env, &args, &[]);
+    let (code, lines) = finish(child, &rx, Duration::from_secs(30));
+    let text = lines.join("\n");
+    assert_eq!(code, 3, "{source}: exit code {code}:\n{text}");
+    assert!(text.contains(mention), "{source}: error does not mention {mention:?}:\n{text}");
+    assert!(start.elapsed() < Duration::from_secs(10), "{source}: took {:?}", start.elapsed());
+    assert!(!out.exists(), "{source}: an output was written");
+}
+
+/// A layer blob that is a symlink to a host file holding exactly the right bytes: opened by
+/// path it would verify and build; opened beneath the layout it is refused.
+#[test]
+fn a_layout_blob_that_is_a_symlink_out_of_the_layout_is_refused() {
+    let env = require_root!();
+    let tmp = tempdir();
+    let (source, blob) = small_oci(tmp.path());
+    let outside = tmp.path().join("host-file");
+    fs::rename(&blob, &outside).expect("move the blob out");
+    std::os::unix::fs::symlink(&outside, &blob).expect("symlink");
+    expect_refused_quickly(&env, &source, &tmp.path().join("out.ext4"), "symlink");
+}
+
+/// A FIFO where a blob or an archive should be: refused at once as not a regular file (a
+/// FIFO opened for reading by path waits for a writer forever).
+#[test]
+fn fifos_as_local_sources_are_refused_at_once() {
+    let env = require_root!();
+    let tmp = tempdir();
+    let (source, blob) = small_oci(tmp.path());
+    fs::remove_file(&blob).expect("rm blob");
+    let mkfifo = |p: &Path| {
+        let ok = std::process::Command::new("mkfifo").arg(p).status();
+        assert!(ok.is_ok_and(|s| s.success()), "mkfifo {}", p.display());
+    };
+    mkfifo(&blob);
+    expect_refused_quickly(&env, &source, &tmp.path().join("a.ext4"), "FIFO");
+    let archive = tmp.path().join("image.tar");
+    mkfifo(&archive);
+    for transport in ["docker-archive", "rootfs-tar"] {
+        let source = format!("{transport}:{}", archive.display());
+        expect_refused_quickly(&env, &source, &tmp.path().join("b.ext4"), "FIFO");
+    }
+}
