@@ -392,14 +392,7 @@ impl Notes {
 }
 
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    text::error_line(e)
 }
 
 #[cfg(test)]

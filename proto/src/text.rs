@@ -61,9 +61,52 @@ fn ceil_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
+/// An error and its sources, outermost first, each said once: a cause whose text the one
+/// before already holds (a wrapper that prints its `{source}`) is not repeated. The one chain
+/// formatter of host and worker.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out: Vec<String> = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !out.last().is_some_and(|prev| prev.contains(&m)) {
+            out.push(m);
+        }
+        cur = c.source();
+    }
+    out
+}
+
+/// [`error_chain`] as one line, `outer: inner: innermost`.
+pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    error_chain(e).join(": ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct E(&'static str, Option<Box<E>>);
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for E {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn a_chain_says_each_cause_once() {
+        let inner = E("disk full", None);
+        let echo = E("writing x: disk full", Some(Box::new(inner)));
+        let outer = E("applying layer 1", Some(Box::new(echo)));
+        assert_eq!(error_chain(&outer), ["applying layer 1", "writing x: disk full"]);
+        assert_eq!(error_line(&outer), "applying layer 1: writing x: disk full");
+    }
 
     #[test]
     fn terminal_controls_are_escaped() {

@@ -49,13 +49,7 @@ impl Failure {
 }
 
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
-    let mut out = vec![err.to_string()];
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        out.push(e.to_string());
-        cur = e.source();
-    }
-    out
+    rootbox_proto::text::error_chain(err)
 }
 
 pub type Transport = File;

@@ -68,17 +68,7 @@ pub fn denied(e: &OciDistributionError) -> bool {
 
 /// `error: cause: cause`, without repeating a cause that its parent already quoted.
 pub fn chain(e: &(dyn StdError + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
+    rootbox_proto::text::error_line(e)
 }
 
 #[cfg(test)]
