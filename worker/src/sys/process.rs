@@ -24,7 +24,6 @@ pub fn limit_memory(bytes: u64) -> nix::Result<()> {
 }
 
 /// Syncs and powers the machine off (PID 1 in a VM). Never returns.
-#[allow(dead_code)] // used by the microVM init
 pub fn power_off() -> ! {
     rustix::fs::sync();
     let _ = rustix::system::reboot(rustix::system::RebootCommand::PowerOff);
