@@ -2,6 +2,9 @@
 //! bytes to the worker inside it and places the finished ext4. It must never interpret layer
 //! content itself: everything that reads tar entries runs in the worker.
 
+// Every unsafe block of the host is in `sys`.
+#![deny(unsafe_code)]
+
 mod bundle;
 mod cache;
 mod cli;
@@ -20,6 +23,8 @@ mod sandbox;
 mod scratch;
 mod size;
 mod source;
+#[allow(unsafe_code)]
+mod sys;
 mod worker_image;
 
 use clap::Parser;

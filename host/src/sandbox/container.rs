@@ -52,29 +52,16 @@ pub fn start(image: &WorkerImage, output: &File) -> Result<Container, Unavailabl
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // syscalls (fcntl, dup2, prctl, unshare) on descriptors owned by this process.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Move both descriptors out of the way first so neither clobbers the other.
-            let s = nix::fcntl::fcntl(sfd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))?;
-            let o = nix::fcntl::fcntl(ofd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))?;
-            nix::unistd::dup2(s, PROTO_FD)?;
-            nix::unistd::dup2(o, OUTPUT_FD)?;
-            // The container dies with rootbox, even by kill -9 (its PID 1 dies with it in
-            // turn, and with PID 1 everything in its PID namespace).
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-            nix::sched::unshare(
-                CloneFlags::CLONE_NEWNS
-                    | CloneFlags::CLONE_NEWPID
-                    | CloneFlags::CLONE_NEWNET
-                    | CloneFlags::CLONE_NEWIPC
-                    | CloneFlags::CLONE_NEWUTS
-                    | CloneFlags::CLONE_NEWCGROUP,
-            )?;
-            Ok(())
-        });
-    }
+    crate::sys::enter_namespaces(
+        &mut cmd,
+        vec![(sfd, PROTO_FD), (ofd, OUTPUT_FD)],
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWCGROUP,
+    );
     let mut child = cmd
         .spawn()
         .map_err(|e| Unavailable(format!("starting {}: {e}", image.worker().display())))?;

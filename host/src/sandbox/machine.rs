@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -20,28 +20,13 @@ use std::time::{Duration, Instant};
 use super::console::{console_suffix, Console};
 use super::vm::{cmdline, Options, Plan, Vmm, VsockKind, GUEST_CID};
 use super::{firecracker, qemu, vsock, Running};
-use crate::{output, scratch};
+use crate::{output, scratch, sys};
 
 /// How long the guest may take to power off after the job.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// How long the vsock daemon may take to open its vhost-user socket.
 const DAEMON_PATIENCE: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(10);
-
-/// Makes `cmd` inherit each `(fd, at)`'s `fd` as descriptor `at` (and nothing else of
-/// rootbox's). Every `fd` must be above every `at`, so no dup2 overwrites a later source.
-fn pass_fds(cmd: &mut Command, fds: Vec<(i32, i32)>) {
-    // SAFETY: runs between fork and exec and only makes dup2 calls, which are
-    // async-signal-safe, on descriptors this process owns.
-    unsafe {
-        cmd.pre_exec(move || {
-            for &(fd, at) in &fds {
-                nix::unistd::dup2(fd, at)?;
-            }
-            Ok(())
-        });
-    }
-}
 
 /// The output, opened twice above the descriptors QEMU inherits it at: read-write and
 /// read-only (see qemu::OUTPUT_FDS).
@@ -55,9 +40,7 @@ impl OutputPair {
         use nix::fcntl::{fcntl, FcntlArg};
         let above = qemu::OUTPUT_FDS.read_write.max(qemu::OUTPUT_FDS.read_only) + 1;
         let dup_above = |fd: i32| -> io::Result<OwnedFd> {
-            let n = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(above))?;
-            // SAFETY: fcntl just returned this new descriptor; nothing else owns it.
-            Ok(unsafe { OwnedFd::from_raw_fd(n) })
+            sys::adopt(fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(above))?)
         };
         let read_write = dup_above(output.as_raw_fd())?;
         let ro = File::open(format!("/proc/self/fd/{}", output.as_raw_fd()))?;
@@ -70,14 +53,7 @@ impl OutputPair {
 /// SIGKILL if the spawning thread of rootbox dies first.
 pub fn spawn_in_group(cmd: &mut Command, pgid: i32) -> io::Result<Child> {
     cmd.process_group(pgid);
-    // SAFETY: runs between fork and exec and only makes one prctl(2) call, which is
-    // async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-            Ok(())
-        });
-    }
+    sys::die_with_parent(cmd);
     cmd.spawn()
 }
 
@@ -350,7 +326,7 @@ fn boot(
         Vmm::Firecracker => None,
     };
     if let Some(out_fds) = &out_fds {
-        pass_fds(
+        sys::pass_fds(
             &mut cmd,
             vec![
                 (out_fds.read_write.as_raw_fd(), qemu::OUTPUT_FDS.read_write),

@@ -14,7 +14,7 @@
 //! is checked.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -69,8 +69,7 @@ impl KernelListener {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             };
-            // SAFETY: accept4 just returned this descriptor; nothing else owns it.
-            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            let fd = crate::sys::adopt(raw)?;
             let peer = socket::getpeername::<VsockAddr>(fd.as_raw_fd())?;
             if peer.family() == Some(AddressFamily::Vsock) && peer.cid() == cid {
                 return Ok(Some(UnixStream::from(fd)));
