@@ -698,29 +698,23 @@ fn interrupted_pull_leaves_nothing_behind() {
     let mut entries = vec![E::dir("big")];
     entries.extend((0..32).map(|i| E::file(&format!("big/f{i}"), &noise)));
     let (source, _) = write_oci(&scene, vec![LayerSpec::new(layer(entries), Compression::None)]);
-    let mut child = std::process::Command::new(&env.bin)
-        .args(["pull", &source, "-o"])
-        .arg(scene.output())
-        .arg("--worker-image")
-        .arg(&env.worker_image)
-        .arg("--no-default-assets")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn rootbox");
+    let args = rootbox_tests::lifecycle::pull_args(&env, &source, &scene.output(), &["--progress"]);
+    let (mut child, rx) = rootbox_tests::lifecycle::spawn_rootbox(&env, &args, &[]);
+    // The output is an unnamed file until it is done: wait for the worker to apply instead.
     let start = Instant::now();
     let mut seen = false;
     while start.elapsed() < Duration::from_secs(60) {
-        if fs::read_dir(&scene.out_dir).expect("list out").next().is_some() {
-            seen = true;
-            break;
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(l) if l.contains("apply layer 1") => {
+                seen = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(_) if child.try_wait().expect("wait").is_some() => break,
+            Err(_) => {}
         }
-        if child.try_wait().expect("wait").is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(seen, "rootbox wrote nothing beside the output before exiting or within 60 s");
+    assert!(seen, "rootbox never reported applying before exiting or within 60 s");
     let killed =
         std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     assert!(killed.is_ok_and(|s| s.success()), "kill -TERM");
