@@ -15,8 +15,9 @@ use rootbox_proto::{
     Writer, PROTOCOL_VERSION, SANITISED_MAX,
 };
 
-use crate::layer::{self, ShipError, Verified};
 use crate::sandbox::Running;
+use crate::ship::{self, ShipError};
+use crate::source::verify::Verified;
 use crate::source::{Layer, SourceError};
 
 /// Warnings kept (each cut to [`NOTE_MAX`] bytes); the rest are counted.
@@ -276,7 +277,7 @@ fn talk(
             pump(&mut early, &mut notes, on_event, None);
             early.is_none()
         };
-        let sent = layer::ship(&l, &v, i as u32, &mut wr, &mut between);
+        let sent = ship::ship(&l, &v, i as u32, &mut wr, &mut between);
         if let Ok(false) = sent {
             break;
         }

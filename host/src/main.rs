@@ -13,7 +13,6 @@ mod doctor;
 mod exit;
 mod inject;
 mod job;
-mod layer;
 mod output;
 mod pipeline;
 mod progress;
@@ -21,6 +20,7 @@ mod pull;
 mod report;
 mod sandbox;
 mod scratch;
+mod ship;
 mod size;
 mod source;
 #[allow(unsafe_code)]

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
-use crate::layer::{self, Verified};
 use crate::progress::Progress;
+use crate::source::verify::{self, Verified};
 use crate::source::{Image, Layer, Source, SourceError};
 
 /// Downloads (and verifications) in flight at once.
@@ -35,7 +35,7 @@ fn prepare(
             return Ok(v);
         }
         let mut budget = limit;
-        match layer::verify(l, what, &mut budget, limit) {
+        match verify::verify(l, what, &mut budget, limit) {
             Err(SourceError::DigestMismatch { .. } | SourceError::SizeMismatch { .. })
                 if !retried && src.discard(l) =>
             {
@@ -107,7 +107,7 @@ impl Layers {
         let injection = match injection {
             Some(l) => {
                 let mut unbounded = u64::MAX;
-                let v = layer::verify(&l, "injected files", &mut unbounded, u64::MAX)?;
+                let v = verify::verify(&l, "injected files", &mut unbounded, u64::MAX)?;
                 Some((l, v))
             }
             None => None,

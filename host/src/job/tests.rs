@@ -12,9 +12,9 @@ use rootbox_proto::{
 
 use super::{run, Bounds, JobError, Outcome, MESSAGES_MAX, NOTE_MAX, WARNINGS_MAX};
 use crate::digest::Digest;
-use crate::layer::Verified;
 use crate::sandbox::Running;
 use crate::source::spec::Compression;
+use crate::source::verify::Verified;
 use crate::source::{BlobLocation, CompressionHint, Layer, SourceError};
 
 struct Fake {

@@ -2,7 +2,7 @@
 //!
 //! A source names an image in skopeo's transport syntax and resolves it to an [`Image`]: the
 //! layers in order, each with the digests it must match. Sources read only JSON documents and
-//! blob locations; layer bytes are read later, by [`crate::layer`], and only as bytes.
+//! blob locations; layer bytes are read later, by [`verify`] and [`crate::ship`], and only as bytes.
 
 mod docker_archive;
 pub mod local;
@@ -10,6 +10,7 @@ mod oci_layout;
 pub mod registry;
 mod rootfs_tar;
 pub mod spec;
+pub mod verify;
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -150,12 +151,7 @@ pub trait Source: Send + Sync {
     /// cache). `label` names the layer in progress lines. A source that checked the layer's
     /// digest, size and diff_id (within `limit` uncompressed bytes) while fetching it says
     /// what it found, sparing the verification pass. Local sources have nothing to do.
-    fn fetch(
-        &self,
-        _layer: &Layer,
-        _label: &str,
-        _limit: u64,
-    ) -> Result<Option<crate::layer::Verified>> {
+    fn fetch(&self, _layer: &Layer, _label: &str, _limit: u64) -> Result<Option<verify::Verified>> {
         Ok(None)
     }
 

@@ -9,8 +9,8 @@ use std::io::Write;
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
-use crate::layer::Verified;
 use crate::source::spec::Compression;
+use crate::source::verify::Verified;
 use crate::source::CompressionHint;
 
 struct DiffSink {

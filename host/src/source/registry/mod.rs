@@ -31,8 +31,8 @@ use super::spec::{self, Descriptor, Index, Manifest, PlatformSpec};
 use super::{BlobLocation, CompressionHint, Image, Layer, Result, Source, SourceError};
 use crate::cache::{self, Cache, Entry};
 use crate::digest::Digest;
-use crate::layer::Verified;
 use crate::progress::Progress;
+use crate::source::verify::Verified;
 use auth::{Creds, Origin};
 use inline::Inline;
 

@@ -1,16 +1,15 @@
-//! Layer bytes on the host: verified in one pass (blob digest, size, diff_id, bounds) before
-//! anything is shipped, then decompressed again and streamed to the worker as data frames.
-//! The host never parses layer content; it only hashes, counts and decompresses bytes.
+//! Layer bytes verified in one pass (blob digest, size, diff_id, bounds) before anything is
+//! shipped (`crate::ship` decompresses them again and streams them to the worker). The host
+//! never parses layer content; it only hashes, counts and decompresses bytes.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
 use flate2::read::MultiGzDecoder;
-use rootbox_proto::{Control, ProtoError, Writer};
 use sha2::{Digest as _, Sha256};
 
+use super::spec::{sniff_compression, Compression};
+use super::{CompressionHint, Layer, SourceError};
 use crate::digest::Digest;
-use crate::source::spec::{sniff_compression, Compression};
-use crate::source::{CompressionHint, Layer, SourceError};
 
 /// What the verification pass learned about a layer.
 #[derive(Debug, Clone)]
@@ -53,7 +52,10 @@ fn compression(layer: &Layer) -> io::Result<Compression> {
     }
 }
 
-fn decoder<'a>(c: Compression, r: impl Read + Send + 'a) -> io::Result<Box<dyn Read + Send + 'a>> {
+pub fn decoder<'a>(
+    c: Compression,
+    r: impl Read + Send + 'a,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
     Ok(match c {
         Compression::None => Box::new(r),
         Compression::Gzip => Box::new(MultiGzDecoder::new(r)),
@@ -144,57 +146,9 @@ impl std::error::Error for LimitHit {}
 
 fn blob_path(layer: &Layer) -> std::path::PathBuf {
     match &layer.blob {
-        crate::source::BlobLocation::File { path, .. }
-        | crate::source::BlobLocation::Opened { path, .. } => path.clone(),
-        crate::source::BlobLocation::Spooled { .. } => "<stdin>".into(),
-    }
-}
-
-/// Why shipping stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum ShipError {
-    #[error("reading the layer again")]
-    Read(#[source] io::Error),
-    #[error("sending to the worker")]
-    Send(#[source] ProtoError),
-}
-
-/// Streams the verified layer's uncompressed bytes as `LayerBegin`, data frames, `LayerEnd`.
-/// Sends one layer. `between` runs after every data frame (the job shows the worker's
-/// progress there and may say stop: the worker has given its verdict); `Ok(false)` when it
-/// said stop.
-pub fn ship<W: Write>(
-    layer: &Layer,
-    v: &Verified,
-    index: u32,
-    wr: &mut Writer<W>,
-    between: &mut dyn FnMut() -> bool,
-) -> Result<bool, ShipError> {
-    wr.send(&Control::LayerBegin { index }).map_err(ShipError::Send)?;
-    let raw = layer.blob.open().map_err(ShipError::Read)?;
-    let mut dec = decoder(v.compression, raw).map_err(ShipError::Read)?;
-    let mut buf = vec![0u8; rootbox_proto::DATA_MAX as usize];
-    let mut sent = 0u64;
-    loop {
-        let n = match dec.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ShipError::Read(e)),
-        };
-        wr.send_data(&buf[..n]).map_err(ShipError::Send)?;
-        sent += n as u64;
-        if !between() {
-            return Ok(false);
+        super::BlobLocation::File { path, .. } | super::BlobLocation::Opened { path, .. } => {
+            path.clone()
         }
+        super::BlobLocation::Spooled { .. } => "<stdin>".into(),
     }
-    if sent != v.uncompressed {
-        return Err(ShipError::Read(io::Error::other(format!(
-            "the layer changed since it was verified ({sent} bytes now, {} then)",
-            v.uncompressed
-        ))));
-    }
-    wr.send(&Control::LayerEnd { index, bytes: sent, sha256: v.diff_id.hex().to_string() })
-        .map_err(ShipError::Send)?;
-    Ok(true)
 }
