@@ -90,6 +90,7 @@ unit:
 
 lint:
 	$(CARGO) fmt --all --check
+	python3 scripts/host-imports.py
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 fmt:

@@ -9,7 +9,6 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::cli::BundleArgs;
 use crate::digest::Digest;
 use crate::pull;
 use crate::report::Report;
@@ -156,7 +155,19 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-pub fn run(args: &BundleArgs) -> Result<BundleReport> {
+/// What to bundle: a pull, and what the manifest says of it (see `cli::BundleArgs`).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub build: pull::Request,
+    pub name: Option<String>,
+    pub distro: Option<String>,
+    pub arch: Option<String>,
+    pub kernel_ref: Option<String>,
+    pub description: Option<String>,
+    pub zstd_level: i32,
+}
+
+pub fn run(args: &Request) -> Result<BundleReport> {
     let out = &args.build.output;
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

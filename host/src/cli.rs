@@ -1,4 +1,6 @@
-//! Command-line flags, parsed by clap and then checked into a plan.
+//! Command-line flags, parsed by clap and then turned into the plain requests the commands
+//! take (`pull::Request`, `bundle::Request`, `cache::Command`): nothing below this module
+//! sees a clap type.
 
 use std::path::PathBuf;
 
@@ -43,7 +45,7 @@ pub enum CacheCommand {
     /// `--older-than 0s` empties the cache.
     Prune {
         /// Remove images last used longer ago than this (30d, 12h, 90m, 3600s, 2w).
-        #[arg(long, value_parser = crate::cache::parse_duration)]
+        #[arg(long, value_parser = crate::size::parse_duration)]
         older_than: Option<std::time::Duration>,
         /// Then remove the least recently used images until the rest fit in SIZE (10GiB).
         #[arg(long, value_parser = parse_size)]
@@ -54,7 +56,7 @@ pub enum CacheCommand {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Isolation {
+pub enum IsolationArg {
     /// The microVM when KVM works, else the container when root, else the microVM under
     /// TCG (emulated, slow) as the last resort.
     Auto,
@@ -72,8 +74,8 @@ pub struct PullArgs {
     /// Where to write the ext4 image.
     #[arg(short, long)]
     pub output: PathBuf,
-    #[arg(long, value_enum, default_value_t = Isolation::Auto)]
-    pub isolation: Isolation,
+    #[arg(long, value_enum, default_value_t = IsolationArg::Auto)]
+    pub isolation: IsolationArg,
     /// `auto` (content + headroom) or an exact size such as 4GiB, 512MiB, 4G, 4096M.
     #[arg(long, default_value = "auto", value_parser = parse_size_arg)]
     pub size: SizeArg,
@@ -161,6 +163,68 @@ pub struct DoctorArgs {
     pub worker_image: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
+}
+
+impl From<IsolationArg> for crate::sandbox::Isolation {
+    fn from(a: IsolationArg) -> Self {
+        match a {
+            IsolationArg::Auto => Self::Auto,
+            IsolationArg::Container => Self::Container,
+            IsolationArg::Vm => Self::Vm,
+        }
+    }
+}
+
+impl PullArgs {
+    pub fn request(&self) -> crate::pull::Request {
+        crate::pull::Request {
+            source: self.source.clone(),
+            output: self.output.clone(),
+            isolation: self.isolation.into(),
+            size: self.size,
+            headroom: self.headroom,
+            platform: self.platform.clone(),
+            json: self.json,
+            progress: self.progress,
+            worker_image: self.worker_image.clone(),
+            max_uncompressed: self.max_uncompressed,
+            max_entries: self.max_entries,
+            label: self.label.clone(),
+            no_default_assets: self.no_default_assets,
+            inject: self.inject.clone(),
+            plain_http: self.plain_http,
+            creds: self.creds.clone(),
+            fetch_first: self.fetch_first,
+            vm_memory: self.vm_memory,
+            boot_timeout: self.boot_timeout,
+            job_timeout: self.job_timeout,
+        }
+    }
+}
+
+impl BundleArgs {
+    pub fn request(&self) -> crate::bundle::Request {
+        crate::bundle::Request {
+            build: self.build.request(),
+            name: self.name.clone(),
+            distro: self.distro.clone(),
+            arch: self.arch.clone(),
+            kernel_ref: self.kernel_ref.clone(),
+            description: self.description.clone(),
+            zstd_level: self.zstd_level,
+        }
+    }
+}
+
+impl CacheCommand {
+    pub fn request(&self) -> crate::cache::Command {
+        match *self {
+            CacheCommand::Ls { json } => crate::cache::Command::Ls { json },
+            CacheCommand::Prune { older_than, max_size, json } => {
+                crate::cache::Command::Prune { older_than, max_size, json }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

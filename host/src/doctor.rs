@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cli::Isolation;
+use crate::sandbox::Isolation;
 use crate::sandbox::{self, choice, kvm, Plan};
 use crate::worker_image;
 

@@ -13,6 +13,8 @@ mod doctor;
 mod exit;
 mod inject;
 mod job;
+mod local;
+mod oci;
 mod output;
 mod pipeline;
 mod progress;
@@ -43,10 +45,12 @@ fn main() {
         std::process::exit(exit::OTHER);
     }
     let result = match &cli.command {
-        cli::Command::Pull(args) => pull::run(args).and_then(|r| r.print(args.json)),
-        cli::Command::Bundle(args) => bundle::run(args).and_then(|r| r.print(args.build.json)),
+        cli::Command::Pull(args) => pull::run(&args.request()).and_then(|r| r.print(args.json)),
+        cli::Command::Bundle(args) => {
+            bundle::run(&args.request()).and_then(|r| r.print(args.build.json))
+        }
         cli::Command::Doctor(args) => doctor::run(args.worker_image.as_deref(), args.json),
-        cli::Command::Cache(c) => cache::run(c),
+        cli::Command::Cache(c) => cache::run(&c.request()),
     };
     if let Err(e) = result {
         // Escaped: the chain holds names from layers, registry replies and worker words.

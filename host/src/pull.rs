@@ -6,7 +6,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use rootbox_proto::{JobSpec, LayerSpec, Limits, SizePolicy};
 
-use crate::cli::PullArgs;
 use crate::digest::Digest;
 use crate::inject;
 use crate::job::{self, Event};
@@ -28,7 +27,32 @@ pub fn scratch_size(uncompressed: u64, exact: Option<u64>) -> u64 {
     s.div_ceil(1 << 20) << 20
 }
 
-pub fn run(args: &PullArgs) -> Result<Report> {
+/// What to pull, checked by the CLI (see `cli::PullArgs` for what each field means).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub source: String,
+    pub output: std::path::PathBuf,
+    pub isolation: sandbox::Isolation,
+    pub size: SizeArg,
+    pub headroom: u32,
+    pub platform: source::spec::PlatformSpec,
+    pub json: bool,
+    pub progress: bool,
+    pub worker_image: Option<std::path::PathBuf>,
+    pub max_uncompressed: u64,
+    pub max_entries: u64,
+    pub label: String,
+    pub no_default_assets: bool,
+    pub inject: Option<std::path::PathBuf>,
+    pub plain_http: bool,
+    pub creds: Option<source::registry::auth::Creds>,
+    pub fetch_first: bool,
+    pub vm_memory: u64,
+    pub boot_timeout: u64,
+    pub job_timeout: u64,
+}
+
+pub fn run(args: &Request) -> Result<Report> {
     let started = Instant::now();
     let progress = Progress::new(args.progress, args.json);
     let say = |msg: String| progress.line(msg);

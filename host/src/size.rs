@@ -1,4 +1,4 @@
-//! Human sizes: `4GiB`, `512MiB`, `4G`, `4096M`, `123` (bytes). K/M/G/T and KiB/MiB/GiB/TiB
+//! Human units. Sizes: `4GiB`, `512MiB`, `4G`, `4096M`, `123` (bytes). K/M/G/T and KiB/MiB/GiB/TiB
 //! are all powers of 1024, as disk-image tools use them (truncate, qemu-img).
 
 /// Parses a size in bytes.
@@ -62,9 +62,43 @@ pub fn human(n: u64) -> String {
     }
 }
 
+/// `30d`, `12h`, `90m`, `3600s`, `2w` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("duration {s:?} does not start with a number"))?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        other => {
+            return Err(format!(
+                "duration {s:?} has an unknown unit {other:?} (use s, m, h, d or w)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("duration {s:?} is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30d"), Ok(std::time::Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("90m"), Ok(std::time::Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0s"), Ok(std::time::Duration::ZERO));
+        assert_eq!(parse_duration("12"), Ok(std::time::Duration::from_secs(12)));
+        assert!(parse_duration("3y").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("99999999999999999999w").is_err());
+    }
 
     #[test]
     fn size_table() {

@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use super::{CacheError, Result};
 use crate::digest::Digest;
-use crate::source::spec::REF_NAME;
+use crate::oci::REF_NAME;
 
 pub const LAST_USED: &str = "dev.rootbox.last-used";
 pub const FROM_INDEX: &str = "dev.rootbox.index";
@@ -90,7 +90,7 @@ pub fn empty() -> Vec<u8> {
 }
 
 fn blank() -> Value {
-    json!({"schemaVersion": 2, "mediaType": crate::source::spec::OCI_INDEX, "manifests": []})
+    json!({"schemaVersion": 2, "mediaType": crate::oci::OCI_INDEX, "manifests": []})
 }
 
 pub fn read(path: &Path) -> Result<Index> {

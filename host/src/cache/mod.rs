@@ -297,15 +297,22 @@ impl Cache {
     }
 }
 
+/// What `rootbox cache` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Ls { json: bool },
+    Prune { older_than: Option<Duration>, max_size: Option<u64>, json: bool },
+}
+
 /// `rootbox cache ls|prune`.
-pub fn run(cmd: &crate::cli::CacheCommand) -> anyhow::Result<()> {
+pub fn run(cmd: &Command) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let dir = Cache::default_dir()?;
     let cache =
         Cache::open(dir.clone()).with_context(|| format!("opening the cache {}", dir.display()))?;
     match cmd {
-        crate::cli::CacheCommand::Ls { json } => ls(&cache, *json),
-        crate::cli::CacheCommand::Prune { older_than, max_size, json } => {
+        Command::Ls { json } => ls(&cache, *json),
+        Command::Prune { older_than, max_size, json } => {
             prune(&cache, *older_than, *max_size, *json)
         }
     }
@@ -323,46 +330,12 @@ pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
 }
 
-/// `30d`, `12h`, `90m`, `3600s`, `2w` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("duration {s:?} does not start with a number"))?;
-    let mult = match unit.trim() {
-        "" | "s" => 1,
-        "m" | "min" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        other => {
-            return Err(format!(
-                "duration {s:?} has an unknown unit {other:?} (use s, m, h, d or w)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("duration {s:?} is too large"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn digest(b: &[u8]) -> Digest {
         Digest::of(b)
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
-        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration("12"), Ok(Duration::from_secs(12)));
-        assert!(parse_duration("3y").is_err());
-        assert!(parse_duration("h").is_err());
-        assert!(parse_duration("99999999999999999999w").is_err());
     }
 
     #[test]

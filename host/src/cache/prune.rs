@@ -18,10 +18,10 @@ use crate::size::human;
 /// manifests (parsed in turn). Read beneath the cache, never through a symlink, bounded.
 fn children(cache: &Cache, d: &Digest) -> Vec<(Digest, Reached)> {
     use std::io::Read as _;
-    let Ok(root) = crate::source::local::Root::open(cache.root()) else { return Vec::new() };
+    let Ok(root) = crate::local::Root::open(cache.root()) else { return Vec::new() };
     let Ok(f) = root.file(&format!("blobs/sha256/{}", d.hex())) else { return Vec::new() };
     let mut bytes = Vec::new();
-    let max = crate::source::spec::JSON_MAX;
+    let max = crate::oci::JSON_MAX;
     if f.take(max + 1).read_to_end(&mut bytes).is_err() || bytes.len() as u64 > max {
         return Vec::new();
     }

@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 use super::kvm::{self, Verdict};
 use super::vm::{self, Accel, Vmm, VsockKind};
+use super::Isolation;
 use super::{firecracker, qemu, Plan, Unavailable};
-use crate::cli::Isolation;
 use crate::worker_image::WorkerImage;
 
 /// What was found on this machine; everything [`decide`] looks at.

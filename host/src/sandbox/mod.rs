@@ -19,8 +19,17 @@ use std::sync::{Arc, Mutex};
 
 pub use choice::Decision;
 
-use crate::cli::Isolation;
 use crate::worker_image::WorkerImage;
+
+/// Which sandbox was asked for (`--isolation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// The microVM when KVM works, else the container when root, else the microVM under TCG
+    /// as the last resort (see `choice`).
+    Auto,
+    Container,
+    Vm,
+}
 
 /// A sandbox cannot run here (exit code 5).
 #[derive(Debug, thiserror::Error)]

@@ -5,12 +5,15 @@
 //! blob locations; layer bytes are read later, by [`verify`] and [`crate::ship`], and only as bytes.
 
 mod docker_archive;
-pub mod local;
 mod oci_layout;
 pub mod registry;
 mod rootfs_tar;
-pub mod spec;
 pub mod verify;
+
+/// The OCI and docker document shapes, and opening local files safely, live beside the
+/// sources (the blob cache needs them too); sources name them as their own.
+pub(crate) use crate::local;
+pub(crate) use crate::oci as spec;
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
