@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest as _, Sha256};
 
 use super::console::Console;
-use super::firecracker;
-use super::qemu;
 use super::vm::{self, Accel, Vmm};
+use super::vmm;
 
 /// How long a probe boot may take (a working KVM boots the worker in well under a second).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,44 +65,27 @@ pub fn device_problem() -> Option<String> {
 fn boot(t: &Target) -> Verdict {
     let cmdline = vm::cmdline(None);
     // Firecracker's config file lives here for the probe's duration.
-    let mut _dir = None;
-    let mut cmd = match t.vmm {
-        Vmm::Qemu => qemu::command(
-            t.binary,
-            &qemu::Config {
-                accel: Accel::Kvm,
-                memory_mib: PROBE_MEMORY_MIB,
-                kernel: t.kernel.into(),
-                initrd: t.initrd.into(),
-                cmdline,
-                output: None,
-                vsock: qemu::Vsock::None,
-            },
-        ),
-        Vmm::Firecracker => {
-            let cfg = firecracker::config_json(&firecracker::Config {
-                kernel: t.kernel.into(),
-                initrd: t.initrd.into(),
-                cmdline,
-                memory_mib: PROBE_MEMORY_MIB,
-                output: None,
-                vsock_uds: None,
-                guest_cid: vm::GUEST_CID,
-            });
-            let dir = match tempfile::Builder::new().prefix("rootbox-kvm-probe-").tempdir() {
-                Ok(d) => d,
-                Err(e) => return Verdict::Broken(format!("cannot make a temp dir: {e}")),
-            };
-            let file = dir.path().join("probe.json");
-            _dir = Some(dir);
-            if let Err(e) = std::fs::write(&file, cfg.to_string()) {
-                return Verdict::Broken(format!("cannot write the probe config: {e}"));
-            }
-            firecracker::command(t.binary, &file)
-        }
+    let dir = match tempfile::Builder::new().prefix("rootbox-kvm-probe-").tempdir() {
+        Ok(d) => d,
+        Err(e) => return Verdict::Broken(format!("cannot make a temp dir: {e}")),
+    };
+    let guest = vmm::Guest {
+        vmm: t.vmm,
+        binary: t.binary,
+        accel: Accel::Kvm,
+        memory_mib: PROBE_MEMORY_MIB,
+        kernel: t.kernel,
+        initrd: t.initrd,
+        cmdline: &cmdline,
+        output: None,
+        vsock: vmm::Vsock::None,
+    };
+    let mut cmd = match vmm::command(&guest, dir.path()) {
+        Ok(c) => c,
+        Err(e) => return Verdict::Broken(format!("cannot write the probe config: {e}")),
     };
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = match vm::spawn_in_group(&mut cmd, 0) {
+    let mut child = match super::machine::spawn_in_group(&mut cmd, 0) {
         Ok(c) => c,
         Err(e) => return Verdict::Broken(format!("cannot start {}: {e}", t.binary.display())),
     };

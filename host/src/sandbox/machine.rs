@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::console::{console_suffix, Console};
 use super::vm::{cmdline, Options, Plan, Vmm, VsockKind, GUEST_CID};
-use super::{firecracker, qemu, vsock, Running};
+use super::{qemu, vmm, vsock, Running};
 use crate::{output, scratch, sys};
 
 /// How long the guest may take to power off after the job.
@@ -278,38 +278,21 @@ fn boot(
     }
 
     let cmdline = cmdline(Some(port));
-    let mut cmd = match plan.vmm {
-        Vmm::Qemu => qemu::command(
-            &plan.binary,
-            &qemu::Config {
-                accel: plan.accel,
-                memory_mib: opts.memory_mib,
-                kernel: plan.kernel.clone(),
-                initrd: plan.initrd.clone(),
-                cmdline,
-                output: Some(qemu::OUTPUT_FDS),
-                vsock: match plan.vsock {
-                    VsockKind::Hybrid { .. } => qemu::Vsock::VhostUser { socket: vhost.clone() },
-                    VsockKind::Kernel => qemu::Vsock::Kernel { cid },
-                },
-            },
-        ),
-        Vmm::Firecracker => {
-            let cfg = firecracker::config_json(&firecracker::Config {
-                kernel: plan.kernel.clone(),
-                initrd: plan.initrd.clone(),
-                cmdline,
-                memory_mib: opts.memory_mib,
-                output: Some(out.to_path_buf()),
-                vsock_uds: Some(uds.clone()),
-                guest_cid: GUEST_CID,
-            });
-            let file = dir.join("vm.json");
-            std::fs::write(&file, cfg.to_string())
-                .map_err(setup("writing the Firecracker config"))?;
-            firecracker::command(&plan.binary, &file)
-        }
+    let guest = vmm::Guest {
+        vmm: plan.vmm,
+        binary: &plan.binary,
+        accel: plan.accel,
+        memory_mib: opts.memory_mib,
+        kernel: &plan.kernel,
+        initrd: &plan.initrd,
+        cmdline: &cmdline,
+        output: Some(out),
+        vsock: match plan.vsock {
+            VsockKind::Hybrid { .. } => vmm::Vsock::Hybrid { uds: &uds, vhost: &vhost },
+            VsockKind::Kernel => vmm::Vsock::Kernel { cid },
+        },
     };
+    let mut cmd = vmm::command(&guest, &dir).map_err(setup("writing the VMM's configuration"))?;
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // Open for this boot only, and closed here once QEMU has its copies: nothing of a first,
     // failed boot stays open into the second.

@@ -9,6 +9,7 @@ pub mod kvm;
 pub mod machine;
 pub mod qemu;
 pub mod vm;
+pub mod vmm;
 pub mod vsock;
 
 use std::collections::VecDeque;
@@ -106,7 +107,7 @@ pub fn start(
 ) -> anyhow::Result<Box<dyn Running>> {
     Ok(match plan {
         Plan::Container => Box::new(container::start(image, output)?),
-        Plan::Vm(p) => Box::new(vm::start(p, output, opts)?),
+        Plan::Vm(p) => Box::new(machine::start(p, output, opts)?),
     })
 }
 

@@ -8,8 +8,6 @@ use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::vm::Accel;
-
 pub const BINARY: &str = "qemu-system-x86_64";
 /// The vhost-user vsock daemon (crates.io `vhost-device-vsock`, installed by `make vsock-tool`).
 pub const VSOCK_DAEMON: &str = "vhost-device-vsock";
@@ -24,6 +22,22 @@ const OUTPUT_FDSET: u32 = 1;
 pub struct OutputFds {
     pub read_write: i32,
     pub read_only: i32,
+}
+
+/// How QEMU runs the guest's CPU: the host's KVM, or TCG (emulated, many times slower).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
 }
 
 /// The guest's vsock device.

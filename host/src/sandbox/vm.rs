@@ -14,8 +14,6 @@ use std::time::Duration;
 use super::qemu;
 use crate::worker_image::WorkerImage;
 
-pub use super::machine::{spawn_in_group, start};
-
 pub const GUEST_CID: u32 = 3;
 pub const OUTPUT_DEVICE: &str = "/dev/vda";
 pub const KERNEL_FILE: &str = "vmlinux";
@@ -35,20 +33,7 @@ impl Vmm {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
-
-impl Accel {
-    pub fn name(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
-    }
-}
+pub use super::qemu::Accel;
 
 /// Per-job settings (`--vm-memory`, `--boot-timeout`, `--job-timeout`).
 #[derive(Debug, Clone)]
