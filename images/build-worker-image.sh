@@ -436,16 +436,6 @@ fi
 mv -T "$NEW" "$ROOTFS"
 rm -rf --one-file-system "$OLD"
 
-# json_str S: S as a JSON string literal.
-json_str() {
-    local s=$1
-    s=${s//\\/\\\\}
-    s=${s//\"/\\\"}
-    s=${s//$'\t'/\\t}
-    s=${s//$'\n'/\\n}
-    printf '"%s"' "$s"
-}
-
 if [[ -n ${SOURCE_DATE_EPOCH:-} ]]; then
     build_date=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
 else
@@ -455,43 +445,38 @@ worker_sha=$(sha256sum "$ROOTFS/bin/rootbox-worker" | cut -d' ' -f1)
 worker_size=$(stat -c %s "$ROOTFS/bin/rootbox-worker")
 mapfile -t libs < <(printf '%s\n' "${!HAVE_LIB[@]}" | sort)
 
+# The manifest, encoded by a real JSON encoder from tab-separated records on stdin (no
+# field holds a tab or a newline: package names, versions, file names, hex digests).
 {
-    printf '{\n'
-    printf '  "build_date": %s,\n' "$(json_str "$build_date")"
-    printf '  "architecture": %s,\n' "$(json_str "$ARCH")"
-    printf '  "worker": {\n'
-    printf '    "source": %s,\n' "$(json_str "$WORKER_BIN")"
-    printf '    "path": "bin/rootbox-worker",\n'
-    printf '    "sha256": %s,\n' "$(json_str "$worker_sha")"
-    printf '    "size": %s\n' "$worker_size"
-    printf '  },\n'
-    printf '  "packages": {\n'
-    sep=
+    printf 'build_date\t%s\n' "$build_date"
+    printf 'architecture\t%s\n' "$ARCH"
+    printf 'worker\t%s\t%s\t%s\n' "$WORKER_BIN" "$worker_sha" "$worker_size"
     for pkg in "${FETCHED[@]}"; do
         [[ -n ${USED_PKG[$pkg]:-} ]] || continue
-        printf '%s    %s: {"version": %s, "deb": %s, "sha256": %s}' "$sep" \
-            "$(json_str "$pkg")" "$(json_str "${PKG_VERSION[$pkg]}")" \
-            "$(json_str "${PKG_DEB[$pkg]##*/}")" \
-            "$(json_str "$(sha256sum "${PKG_DEB[$pkg]}" | cut -d' ' -f1)")"
-        sep=$',\n'
+        printf 'package\t%s\t%s\t%s\t%s\n' "$pkg" "${PKG_VERSION[$pkg]}" \
+            "${PKG_DEB[$pkg]##*/}" "$(sha256sum "${PKG_DEB[$pkg]}" | cut -d' ' -f1)"
     done
-    printf '\n  },\n'
-    printf '  "tools": ['
-    sep=
-    for tool in "${E2FS_TOOLS[@]}"; do
-        printf '%s%s' "$sep" "$(json_str "sbin/$tool")"
-        sep=', '
-    done
-    printf '],\n'
-    printf '  "libraries": ['
-    sep=
-    for lib in "${libs[@]}"; do
-        printf '%s%s' "$sep" "$(json_str "lib/$TRIPLET/$lib")"
-        sep=', '
-    done
-    printf ']\n'
-    printf '}\n'
-} >"$OUT_DIR/manifest.json.tmp"
+    for tool in "${E2FS_TOOLS[@]}"; do printf 'tool\tsbin/%s\n' "$tool"; done
+    for lib in "${libs[@]}"; do printf 'library\tlib/%s/%s\n' "$TRIPLET" "$lib"; done
+} | python3 -c '
+import json, sys
+m = {"packages": {}, "tools": [], "libraries": []}
+for line in sys.stdin:
+    kind, *f = line.rstrip("\n").split("\t")
+    if kind in ("build_date", "architecture"):
+        m[kind] = f[0]
+    elif kind == "worker":
+        m["worker"] = {"source": f[0], "path": "bin/rootbox-worker", "sha256": f[1], "size": int(f[2])}
+    elif kind == "package":
+        m["packages"][f[0]] = {"version": f[1], "deb": f[2], "sha256": f[3]}
+    elif kind == "tool":
+        m["tools"].append(f[0])
+    elif kind == "library":
+        m["libraries"].append(f[0])
+order = ["build_date", "architecture", "worker", "packages", "tools", "libraries"]
+json.dump({k: m[k] for k in order}, sys.stdout, indent=2)
+print()
+' >"$OUT_DIR/manifest.json.tmp"
 mv -f "$OUT_DIR/manifest.json.tmp" "$OUT_DIR/manifest.json"
 
 size=$(du -sh "$ROOTFS" | cut -f1)
