@@ -161,7 +161,7 @@ impl Session {
         // Before shrinking (so what resize2fs moves lands on discarded space too): the blocks
         // of files a later layer deleted or replaced still hold their bytes; discard them.
         self.progress(Phase::Shrink)?;
-        if let Err(e) = scrub_free_blocks(Path::new(TARGET)) {
+        if let Err(e) = sys::trim::free_blocks(Path::new(TARGET)) {
             warnings.push(format!(
                 "could not discard free blocks, so data later layers deleted may remain in \
                  the image's bytes: {e}"
@@ -287,29 +287,6 @@ fn written_out(target: &Path) -> Result<(), Failure> {
         return Err(fail(std::io::Error::from(rustix::io::Errno::ROFS)));
     }
     Ok(())
-}
-
-/// `struct fstrim_range` of <linux/fs.h>.
-#[repr(C)]
-struct FstrimRange {
-    start: u64,
-    len: u64,
-    minlen: u64,
-}
-
-nix::ioctl_readwrite!(fitrim, b'X', 121, FstrimRange);
-
-/// Discards every free block of the filesystem mounted at `target` (FITRIM): through the loop
-/// device, holes punched in the output file; in the microVM, virtio-blk discards that QEMU
-/// punches. Deleted data then reads as zeros and the image gets sparser. Returns the bytes
-/// the kernel says it trimmed.
-fn scrub_free_blocks(target: &Path) -> std::io::Result<u64> {
-    use std::os::fd::AsRawFd;
-    let dir = File::open(target)?;
-    let mut range = FstrimRange { start: 0, len: u64::MAX, minlen: 0 };
-    // SAFETY: FITRIM reads and writes exactly one fstrim_range, which `range` is.
-    unsafe { fitrim(dir.as_raw_fd(), &mut range) }.map_err(std::io::Error::from)?;
-    Ok(range.len)
 }
 
 /// The size of the allocation the applier's memory bound refused, if its allocator said so.

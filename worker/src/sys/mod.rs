@@ -1,5 +1,6 @@
 //! Every raw syscall the worker makes that the safe crates do not wrap: loop-device ioctls,
-//! fork, resource limits, capabilities, power-off, vsock, the allocator's failure note. All
+//! fork, resource limits, capabilities, power-off, vsock, FITRIM, the allocator's failure
+//! note. All
 //! `unsafe` of the worker lives here.
 
 pub mod alloc;
@@ -8,6 +9,7 @@ pub mod loopdev;
 pub mod mounts;
 pub mod process;
 pub mod seccomp;
+pub mod trim;
 pub mod vsock;
 
 use std::path::PathBuf;
