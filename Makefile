@@ -14,9 +14,10 @@ ROOTBOX      := $(TARGET_DIR)/release/rootbox
 WORKER_BIN   := $(TARGET_DIR)/$(TARGET)/release/rootbox-worker
 FIXTURE_BIN  := $(TARGET_DIR)/release/rootbox-fixture
 APT_PACKAGES := e2fsprogs debootstrap busybox-static zstd tar gzip binutils util-linux ca-certificates python3 \
-                qemu-system-x86 cpio docker-registry skopeo apache2-utils
+                qemu-system-x86 cpio docker-registry skopeo apache2-utils g++
 
-.PHONY: all setup build worker worker-image vm-image image vsock-tool demo test unit lint fmt bench bench-pull clean
+.PHONY: all setup build worker worker-image vm-image image vsock-tool demo test unit lint fmt bench \
+        bench-pull clean fuzz-tool fuzz-build fuzz-seeds fuzz fuzz-smoke
 
 all: build image
 
@@ -79,22 +80,87 @@ demo: setup build worker-image
 ## test: unit tests, then end-to-end and hostile-input tests as root (ROOTBOX_STRICT=1:
 ## a missing capability fails instead of skipping). PROPTEST_CASES: archives per property of
 ## the tar differential test (tar/tests/differential.rs).
+## Then every fuzz target for FUZZ_SMOKE_SECONDS (fuzz-smoke).
 PROPTEST_CASES ?= 1000
-test: setup build image vsock-tool
+test: setup build image vsock-tool fuzz-tool
 	tests/fixtures/debian-minbase.sh $(FIXTURES)
 	ROOTBOX_STRICT=1 ROOTBOX_BIN=$(ROOTBOX) ROOTBOX_WORKER_IMAGE=$(IMAGE_DIR) PROPTEST_CASES=$(PROPTEST_CASES) \
 	  $(CARGO) test --release --locked --workspace -- --test-threads=2
+	$(MAKE) --no-print-directory fuzz-smoke
 
 unit:
 	$(CARGO) test --locked --workspace --lib --bins
+
+## fuzz-tool: cargo-fuzz (crates.io), which builds the fuzz targets with libFuzzer and the
+## sanitizer; installed into cargo's bin directory unless it already runs.
+fuzz-tool:
+	@if $(CARGO) fuzz --version >/dev/null 2>&1; then :; else \
+	  echo "fuzz-tool: cargo install --locked cargo-fuzz"; \
+	  $(CARGO) install --locked cargo-fuzz --version '~0.13'; \
+	fi
+
+## fuzz: every fuzz target of fuzz/ (frames: the wire frame decoder; tar: the tar reader; apply:
+## the layer applier, unprivileged into a temp dir) for FUZZ_SECONDS each, from the corpus kept
+## in build/fuzz/corpus and seeds made from the hostile tests (fuzz-seeds). A crash, timeout
+## (FUZZ_TIMEOUT s for one input) or running out of FUZZ_RSS_MB fails the run and leaves the
+## input in build/fuzz/artifacts/TARGET/; reproduce with `cargo +nightly fuzz run TARGET FILE`.
+## fuzz-smoke: the same, FUZZ_SMOKE_SECONDS each (make test runs it).
+FUZZ_TARGETS       ?= frames tar apply
+FUZZ_SECONDS       ?= 600
+FUZZ_SMOKE_SECONDS ?= 60
+FUZZ_TIMEOUT       ?= 10
+FUZZ_RSS_MB        ?= 2048
+FUZZ_DIR           := $(BUILD)/fuzz
+# The apply target makes and removes a temp dir per input: on tmpfs it runs about 12 times
+# as many inputs as on the disk.
+FUZZ_TMPDIR        ?= $(if $(wildcard /dev/shm),/dev/shm,/tmp)
+# cargo fuzz needs nightly flags (the sanitizer, coverage passes): the nightly toolchain when
+# rustup has one, else this stable one allowed them (a machine without nightly cannot fetch it).
+FUZZ_CARGO         ?= $(shell rustup run nightly rustc --version >/dev/null 2>&1 && \
+                        echo '$(CARGO) +nightly' || echo 'RUSTC_BOOTSTRAP=1 $(CARGO)')
+fuzz_seeds_frames  := frames
+fuzz_seeds_tar     := tar layers
+fuzz_seeds_apply   := layers tar
+fuzz_dict_frames   := frames
+fuzz_dict_tar      := tar
+fuzz_dict_apply    := tar
+
+fuzz-build: fuzz-tool
+	$(CARGO) metadata --locked --format-version 1 --manifest-path fuzz/Cargo.toml >/dev/null
+	$(FUZZ_CARGO) fuzz build --debug-assertions
+
+fuzz-seeds:
+	ROOTBOX_FUZZ_SEEDS=$(FUZZ_DIR)/seeds \
+	  $(CARGO) test --release --locked -p rootbox-tar -p rootbox-worker --test fuzz_seeds -- --ignored
+
+fuzz: FUZZ_RUN_SECONDS = $(FUZZ_SECONDS)
+fuzz-smoke: FUZZ_RUN_SECONDS = $(FUZZ_SMOKE_SECONDS)
+fuzz fuzz-smoke: $(addprefix fuzz-run-,$(FUZZ_TARGETS))
+
+# libFuzzer's output goes to build/fuzz/logs/TARGET.log; its final stats are shown, and on a
+# failure the report too.
+fuzz-run-%: fuzz-build fuzz-seeds
+	@mkdir -p $(FUZZ_DIR)/corpus/$* $(FUZZ_DIR)/artifacts/$* $(FUZZ_DIR)/logs
+	@echo "fuzz: $* for $(FUZZ_RUN_SECONDS) s (log: $(FUZZ_DIR)/logs/$*.log)"
+	@TMPDIR=$(FUZZ_TMPDIR) $(FUZZ_CARGO) fuzz run --debug-assertions $* $(FUZZ_DIR)/corpus/$* \
+	    $(addprefix $(FUZZ_DIR)/seeds/,$(fuzz_seeds_$*)) -- \
+	  -max_total_time=$(FUZZ_RUN_SECONDS) -timeout=$(FUZZ_TIMEOUT) -rss_limit_mb=$(FUZZ_RSS_MB) \
+	  -dict=fuzz/dict/$(fuzz_dict_$*).dict -artifact_prefix=$(FUZZ_DIR)/artifacts/$*/ \
+	  -print_final_stats=1 -print_funcs=0 >$(FUZZ_DIR)/logs/$*.log 2>&1 \
+	  || { tail -n 80 $(FUZZ_DIR)/logs/$*.log >&2; \
+	       echo "fuzz: $* failed; its input is in $(FUZZ_DIR)/artifacts/$*/" >&2; exit 1; }
+	@grep -E '^#[0-9]+[[:space:]]+DONE|^stat::' $(FUZZ_DIR)/logs/$*.log
 
 lint:
 	$(CARGO) fmt --all --check
 	python3 scripts/host-imports.py
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml --check
+	$(CARGO) clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml
 
 clean:
 	rm -rf $(BUILD) demo.ext4

@@ -1,21 +1,12 @@
-//! `rootbox-worker`: the part of rootbox that touches layer content, as real root, inside a
-//! sandbox (PID 1 of a namespace container or of a microVM). It builds the ext4 from layer
-//! bytes the host streams over the protocol and reports back. It must never write outside the
-//! image it builds, never trust a name in a layer, and never outlive its job.
-
-mod apply;
-mod container;
-mod ext4;
-mod session;
-mod stream;
-mod sys;
-mod vm;
+//! `rootbox-worker`'s command line: the worker itself is the library (`lib.rs`); this is how
+//! rootbox starts it (container init, session) and how the microVM does (`/init`).
 
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
-use session::{Outcome, Output, Session};
+use rootbox_worker::session::{self, Outcome, Output, Session};
+use rootbox_worker::{container, sys, vm};
 
 #[global_allocator]
 static ALLOCATOR: sys::alloc::Noting = sys::alloc::Noting;

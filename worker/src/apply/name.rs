@@ -54,6 +54,16 @@ impl ImagePath {
         Some((ImagePath(parent), name))
     }
 
+    /// Its names, outermost first (none for the root).
+    pub fn components(&self) -> impl Iterator<Item = &OsStr> {
+        self.0.iter()
+    }
+
+    /// Appends one name (no copy of the path, unlike [`ImagePath::join`]).
+    pub fn push(&mut self, name: &OsStr) {
+        self.0.push(name);
+    }
+
     pub fn join(&self, name: &OsStr) -> ImagePath {
         ImagePath(self.0.join(name))
     }

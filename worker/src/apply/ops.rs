@@ -1,7 +1,8 @@
 //! The privileged calls of layer application: setting owners and making device nodes. The
-//! worker makes them for real (as root inside the sandbox); the rule tests use a recorder that
-//! needs no privilege, so whiteouts, opaque directories, type flips, hardlinks and duplicates
-//! are checked on an ordinary temp dir by an ordinary user.
+//! worker makes them for real (as root inside the sandbox); the rule tests and the `apply`
+//! fuzz target (feature `recorder`) use a recorder that needs no privilege, so whiteouts,
+//! opaque directories, type flips, hardlinks and duplicates are checked on an ordinary temp
+//! dir by an ordinary user.
 
 use std::ffi::OsStr;
 use std::os::fd::BorrowedFd;
@@ -66,7 +67,7 @@ impl Ops for Real {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "recorder"))]
 pub mod recorder {
     //! Owners and device numbers kept by inode, beside an unprivileged temp dir: a device
     //! node is made as a fifo, the rest is real.

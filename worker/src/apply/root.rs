@@ -26,6 +26,9 @@ pub struct Root {
     fd: OwnedFd,
     cache: HashMap<ImagePath, Rc<OwnedFd>>,
     resolve: ResolveFlags,
+    /// Paths resolved from the root (each walks the whole path, symlinks expanded).
+    #[cfg(test)]
+    pub resolutions: std::cell::Cell<u64>,
 }
 
 impl Root {
@@ -36,7 +39,13 @@ impl Root {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(Self { fd, cache: HashMap::new(), resolve: RESOLVE })
+        Ok(Self {
+            fd,
+            cache: HashMap::new(),
+            resolve: RESOLVE,
+            #[cfg(test)]
+            resolutions: Default::default(),
+        })
     }
 
     /// From now on refuse any symlink met while resolving (injection: an asset is never
@@ -67,6 +76,8 @@ impl Root {
 
     /// Opens `path` inside the root with `flags` (plus O_CLOEXEC).
     pub fn resolve(&self, path: &ImagePath, flags: OFlags) -> Result<OwnedFd, Errno> {
+        #[cfg(test)]
+        self.resolutions.set(self.resolutions.get() + 1);
         let how = flags | OFlags::CLOEXEC;
         // EAGAIN: the kernel saw a concurrent rename; nothing else writes here, so retry.
         let mut tries = 0;
@@ -102,21 +113,44 @@ impl Root {
     }
 
     /// Opens the directory at `path`, creating missing directories (0755, root) on the way.
+    ///
+    /// Walks down one component at a time from the root: a directory is looked up in its
+    /// parent's handle, refusing symlinks, and only a symlink sends the prefix up to it through
+    /// [`Root::resolve`] again (at most 40 in one path: the kernel's limit). Resolving the
+    /// whole path again for each component would cost the square of the depth, and a few
+    /// entries naming thousands of directories under a chain of symlinks would hold the
+    /// applier for minutes.
     pub fn ensure_dir(&mut self, path: &ImagePath) -> Result<Rc<OwnedFd>, Errno> {
         match self.dir(path) {
             Err(Errno::NOENT) => {}
             other => return other,
         }
-        let Some((parent, name)) = path.split() else {
-            return Err(Errno::NOENT);
-        };
-        let pfd = self.ensure_dir(&parent)?;
-        match mkdirat(&*pfd, name, Mode::from_raw_mode(0o755)) {
-            Ok(()) | Err(Errno::EXIST) => {}
-            Err(e) => return Err(e),
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let mut fd = Rc::new(self.resolve(&ImagePath::root(), flags)?);
+        let mut prefix = ImagePath::root();
+        for name in path.components() {
+            prefix.push(name);
+            let mut found = openat2(&*fd, name, flags, Mode::empty(), ResolveFlags::NO_SYMLINKS);
+            if matches!(found, Err(Errno::NOENT)) {
+                match mkdirat(&*fd, name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(e),
+                }
+                found = openat2(&*fd, name, flags, Mode::empty(), ResolveFlags::NO_SYMLINKS);
+            }
+            fd = match found {
+                Ok(next) => Rc::new(next),
+                // A symlink (or one made since): resolved inside the root, under the current
+                // rules; a dangling one is NOENT, as before.
+                Err(Errno::LOOP) => self.dir(&prefix)?,
+                Err(e) => return Err(e),
+            };
         }
-        // EXIST may be a dangling symlink: resolving again tells (and stays inside).
-        self.dir(path)
+        if self.cache.len() >= CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(path.clone(), Rc::clone(&fd));
+        Ok(fd)
     }
 }
 

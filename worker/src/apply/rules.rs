@@ -317,3 +317,66 @@ fn refusals_name_the_entry() {
         assert!(text.contains(want), "{text:?} lacks {want:?}");
     }
 }
+
+#[test]
+fn new_directories_under_a_deep_symlinked_path_cost_one_lookup_each() {
+    // Each entry makes 300 directories below a chain of symlinks that expands to thousands of
+    // components. The whole path was resolved again for every directory made, and for every
+    // one found missing on the way up: twice the depth in resolutions, each as long as the
+    // expanded path, so the square of the depth. With 1000 directories an entry and ten
+    // links, a layer of 50 KB held the applier for 10 s (a few more links: minutes, and the
+    // `apply` fuzz target's timeout). Counted, not timed: a few resolutions an entry.
+    const LINKS: usize = 3;
+    const DEPTH: usize = 300;
+    let comp = vec!["a"; DEPTH].join("/");
+    let mut entries = vec![E::dir(&comp)];
+    let mut link = comp.clone();
+    for k in 1..=LINKS {
+        entries.push(E::symlink(&format!("s{k}"), &link));
+        entries.push(E::dir(&format!("s{k}/{comp}")));
+        link = format!("s{k}/{comp}");
+    }
+    entries.push(E::file(&format!("{link}/f"), b"deep"));
+    let count = entries.len() as u64;
+    let (dir, a) = apply_only(&[layer(entries)]).expect("applies");
+    let resolutions = a.root.resolutions.get();
+    assert!(resolutions <= 4 * count, "{resolutions} path resolutions for {count} entries");
+    let deep = dir.path().join(format!("{}/f", [comp.as_str(); LINKS + 1].join("/")));
+    assert_eq!(std::fs::read(&deep).ok().as_deref(), Some(&b"deep"[..]));
+}
+
+#[test]
+fn new_directories_under_symlinked_ancestors_stay_inside() {
+    let l1 = layer(vec![
+        E::dir("etc"),
+        E::symlink("evil", "/"),
+        E::symlink("up", "../../.."),
+        E::symlink("etcl", "/etc"),
+        E::dir("etc/sub"),
+        E::symlink("rel", "etc/sub"),
+    ]);
+    let l2 = layer(vec![
+        E::file("evil/etc/new/deep/x", b"x"),
+        E::file("up/n1/n2/y", b"y"),
+        E::file("etcl/made/z", b"z"),
+        E::file("rel/w", b"w"),
+        E::dir("evil/up/etcl/twice"),
+    ]);
+    let got = same_as_model(&[l1.clone(), l2]);
+    for p in ["etc/new/deep/x", "n1/n2/y", "etc/made/z", "etc/sub/w", "etc/twice"] {
+        assert!(got.tree.get(p).is_some(), "{p} missing: {:?}", names(&got.tree));
+    }
+    let dangling = apply(&[layer(vec![E::symlink("d", "nowhere/x"), E::file("d/f", b"")])]);
+    assert!(dangling.is_err(), "a dangling symlink's target is not made");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut a = Applier::new(dir.path(), Limits::default(), Recorder::default()).expect("root");
+    a.apply_layer(0, &l1[..]).expect("image");
+    a.begin_injection();
+    let through = a.apply_layer(1, &layer(vec![E::file("etcl/new/agent", b"")])[..]);
+    assert!(
+        matches!(&through, Err(ApplyError::Refused { why, .. }) if why.contains("through a symlink")),
+        "{through:?}"
+    );
+    assert!(!dir.path().join("etc/new").exists(), "nothing made through the link");
+}
