@@ -6,10 +6,14 @@
 //! The binary (`main.rs`) is a thin command line over this library; the library exists so the
 //! fuzz targets (`fuzz/`) can drive the layer applier ([`apply`]) in-process, unprivileged.
 
+// Every unsafe block of the worker is in `sys`.
+#![deny(unsafe_code)]
+
 pub mod apply;
 pub mod container;
 mod ext4;
 pub mod session;
 mod stream;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod vm;

@@ -1,8 +1,11 @@
 //! `rootbox-worker`'s command line: the worker itself is the library (`lib.rs`); this is how
 //! rootbox starts it (container init, session) and how the microVM does (`/init`).
 
+// Every unsafe block of the worker is in `sys`.
+#![deny(unsafe_code)]
+
 use std::fs::File;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use rootbox_worker::session::{self, Outcome, Output, Session};
@@ -61,18 +64,7 @@ fn container_init(args: &[String]) -> i32 {
 /// Takes ownership of an inherited descriptor named on the command line.
 fn inherited_fd(args: &[String], name: &str) -> Option<OwnedFd> {
     let fd: RawFd = flag(args, name)?.parse().ok()?;
-    if fd < 3
-        || rustix::io::fcntl_getfd(
-            // SAFETY: only used to probe that `fd` is open before taking ownership below.
-            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
-        )
-        .is_err()
-    {
-        return None;
-    }
-    // SAFETY: the host passed this descriptor for us alone; nothing else in this process
-    // owns it, and it was just checked to be open.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    sys::process::adopt_inherited(fd)
 }
 
 fn session(args: &[String]) -> i32 {

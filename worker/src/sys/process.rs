@@ -30,3 +30,17 @@ pub fn power_off() -> ! {
     // Only reachable when reboot(2) is refused (not PID 1 of a VM).
     std::process::exit(1)
 }
+
+/// Takes ownership of descriptor `fd`, inherited from the process that started this one, if
+/// it is open and not a standard stream.
+pub fn adopt_inherited(fd: std::os::fd::RawFd) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+    if fd < 3 {
+        return None;
+    }
+    // SAFETY: only used to probe that `fd` is open before taking ownership below.
+    rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(fd) }).ok()?;
+    // SAFETY: the host passed this descriptor for us alone; nothing else in this process
+    // owns it, and it was just checked to be open.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
