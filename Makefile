@@ -129,9 +129,10 @@ fuzz-build: fuzz-tool
 	$(CARGO) metadata --locked --format-version 1 --manifest-path fuzz/Cargo.toml >/dev/null
 	$(FUZZ_CARGO) fuzz build --debug-assertions
 
+# --workspace: the features make test's build unified, so the tests it built are reused.
 fuzz-seeds:
 	ROOTBOX_FUZZ_SEEDS=$(FUZZ_DIR)/seeds \
-	  $(CARGO) test --release --locked -p rootbox-tar -p rootbox-worker --test fuzz_seeds -- --ignored
+	  $(CARGO) test --release --locked --workspace --test fuzz_seeds -- --ignored
 
 fuzz: FUZZ_RUN_SECONDS = $(FUZZ_SECONDS)
 fuzz-smoke: FUZZ_RUN_SECONDS = $(FUZZ_SMOKE_SECONDS)
