@@ -69,7 +69,7 @@ impl Decision {
 
 /// What the kernel build costs, for the message when the worker image lacks it.
 pub const KERNEL_BUILD_HINT: &str =
-    "`make image` builds them (a Linux kernel, once: about 4 minutes on 2 cores)";
+    "`make image` builds them (a Linux kernel, once: about 5 minutes on 2 cores)";
 
 impl Facts {
     /// Looks at this machine. Boots a KVM probe VM (5 s at most, cached per host boot) only
