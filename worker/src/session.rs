@@ -142,7 +142,7 @@ impl Session {
             device_size(&dev).map_err(|e| Some(Failure::new("sizing the output device", &e)))?;
         ext4::mkfs(&dev, job.label.as_deref(), job.content_hint)
             .map_err(|e| Some(Failure::new("creating the filesystem", &e)))?;
-        let mount = Mount::ext4(&dev, Path::new(TARGET))
+        let mount = sys::mounts::Mount::ext4(&dev, Path::new(TARGET))
             .map_err(|e| Some(Failure::new("mounting the new filesystem", &e)))?;
         let mut warnings = Vec::new();
         if let Err(e) = pack_allocations(&dev) {
@@ -472,37 +472,4 @@ fn device_size(dev: &Path) -> std::io::Result<u64> {
     use std::io::{Seek, SeekFrom};
     let mut f = File::open(dev)?;
     f.seek(SeekFrom::End(0))
-}
-
-/// A mounted filesystem, unmounted (lazily, as a last resort) when dropped.
-pub struct Mount {
-    target: PathBuf,
-    mounted: bool,
-}
-
-impl Mount {
-    pub fn ext4(dev: &Path, target: &Path) -> Result<Self, sys::SysError> {
-        use rustix::mount::{mount, MountFlags};
-        // The image's device nodes are made (mknod) but never opened: nodev keeps an open of
-        // one from reaching the host kernel's driver; nothing in it runs (noexec, nosuid).
-        let flags =
-            MountFlags::NOATIME | MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC;
-        mount(dev, target, "ext4", flags, c"noinit_itable")
-            .map_err(|e| sys::SysError::new("mounting ext4 on", target, e))?;
-        Ok(Self { target: target.to_path_buf(), mounted: true })
-    }
-
-    pub fn unmount(mut self) -> Result<(), sys::SysError> {
-        self.mounted = false;
-        rustix::mount::unmount(&self.target, rustix::mount::UnmountFlags::empty())
-            .map_err(|e| sys::SysError::new("unmounting", &self.target, e))
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = rustix::mount::unmount(&self.target, rustix::mount::UnmountFlags::DETACH);
-        }
-    }
 }
