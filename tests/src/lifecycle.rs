@@ -38,6 +38,30 @@ pub fn spawn_rootbox(
     (child, rx)
 }
 
+/// Reads rootbox's stderr lines until one contains `needle` (e.g. the progress line
+/// `apply layer 1`); fails the test if rootbox exits first or `limit` passes. Returns the
+/// lines read, that one last.
+pub fn wait_for_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    needle: &str,
+    limit: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(l) => {
+                let found = l.contains(needle);
+                seen.push(l);
+                if found {
+                    return seen;
+                }
+            }
+            Err(e) => panic!("rootbox never said {needle:?} ({e}); it said:\n{}", seen.join("\n")),
+        }
+    }
+}
+
 pub fn pull_args(env: &Env, source: &str, out: &Path, extra: &[&str]) -> Vec<OsString> {
     let mut a: Vec<OsString> = vec!["pull".into(), source.into(), "-o".into(), out.into()];
     a.extend(["--worker-image".into(), env.worker_image.clone().into_os_string()]);

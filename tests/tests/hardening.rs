@@ -8,12 +8,12 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use rootbox_tests::layer::{Entry as E, LayerBuilder};
+use rootbox_tests::lifecycle::{pull_args, spawn_rootbox, wait_for_line};
 use rootbox_tests::oci::{Compression, Image};
 use rootbox_tests::run::{expect_dir_holds, expect_failure, Outcome};
 use rootbox_tests::scene::Scene;
@@ -52,38 +52,13 @@ struct Stopped {
 }
 
 fn start_and_stop(env: &Env, source: &str, out: &Path, extra: &[&str]) -> Stopped {
-    let mut cmd = Command::new(&env.bin);
-    cmd.args(["pull", source, "-o"])
-        .arg(out)
-        .arg("--worker-image")
-        .arg(&env.worker_image)
-        .args(["--no-default-assets", "--progress"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut flags = vec!["--progress"];
+    flags.extend_from_slice(extra);
     if !extra.iter().any(|a| a.starts_with("--isolation")) {
-        cmd.args(["--isolation", "container"]);
+        flags.extend(["--isolation", "container"]);
     }
-    let mut child = cmd.spawn().expect("spawn rootbox");
-    let err = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-        match line {
-            Ok(l) if l.contains("apply layer 1") => break,
-            Ok(_) => {}
-            Err(e) => panic!("rootbox never reported applying ({e})"),
-        }
-    }
+    let (child, rx) = spawn_rootbox(env, &pull_args(env, source, out, &flags), &[]);
+    wait_for_line(&rx, "apply layer 1", Duration::from_secs(120));
     signal(child.id() as i32, "STOP");
     // Let the socket buffers drain into the applier, which then waits for more.
     std::thread::sleep(Duration::from_millis(500));

@@ -689,7 +689,7 @@ fn not_root_is_a_sandbox_error() {
 
 #[test]
 fn interrupted_pull_leaves_nothing_behind() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let env = require_root!();
     let scene = Scene::new(&env);
     // Big enough to take a while: 32 files of 4 MiB of noise, uncompressed.
@@ -701,20 +701,7 @@ fn interrupted_pull_leaves_nothing_behind() {
     let args = rootbox_tests::lifecycle::pull_args(&env, &source, &scene.output(), &["--progress"]);
     let (mut child, rx) = rootbox_tests::lifecycle::spawn_rootbox(&env, &args, &[]);
     // The output is an unnamed file until it is done: wait for the worker to apply instead.
-    let start = Instant::now();
-    let mut seen = false;
-    while start.elapsed() < Duration::from_secs(60) {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(l) if l.contains("apply layer 1") => {
-                seen = true;
-                break;
-            }
-            Ok(_) => {}
-            Err(_) if child.try_wait().expect("wait").is_some() => break,
-            Err(_) => {}
-        }
-    }
-    assert!(seen, "rootbox never reported applying before exiting or within 60 s");
+    rootbox_tests::lifecycle::wait_for_line(&rx, "apply layer 1", Duration::from_secs(60));
     let killed =
         std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     assert!(killed.is_ok_and(|s| s.success()), "kill -TERM");

@@ -8,7 +8,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rootbox_tests::lifecycle::{expect_nothing_left, finish, noise_tar, pull_args, spawn_rootbox};
+use rootbox_tests::lifecycle::{
+    expect_nothing_left, finish, noise_tar, pull_args, spawn_rootbox, wait_for_line,
+};
 use rootbox_tests::run::expect_dir_holds;
 use rootbox_tests::{require_root, require_vm, Env};
 
@@ -66,14 +68,7 @@ fn kill_9_mid_pull(env: &Env, isolation: &str) -> (PathBuf, PathBuf, tempfile::T
         &["--isolation", isolation, "--progress"],
     );
     let (mut child, rx) = spawn_rootbox(env, &args, &[("TMPDIR", &private_tmp)]);
-    let start = Instant::now();
-    let mut seen = Vec::new();
-    while !seen.iter().any(|l: &String| l.contains("apply layer 1")) {
-        assert!(start.elapsed() < Duration::from_secs(120), "never reached apply: {seen:#?}");
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
-            seen.push(l);
-        }
-    }
+    let seen = wait_for_line(&rx, "apply layer 1", Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(child.try_wait().expect("try_wait"), None, "rootbox ended early: {seen:#?}");
     child.kill().expect("kill -9");

@@ -19,6 +19,7 @@ use rootbox_tests::fixture::{debian, handmade};
 use rootbox_tests::layer::{Entry as E, LayerBuilder};
 use rootbox_tests::lifecycle::{
     expect_nothing_left, finish, noise_tar, processes_mentioning, pull_args, spawn_rootbox,
+    wait_for_line,
 };
 use rootbox_tests::model::Model;
 use rootbox_tests::oci::{Compression, Image, LayerSpec};
@@ -247,14 +248,7 @@ fn killing_the_vmm_mid_job_leaves_nothing_behind() {
         &["--isolation", "vm", "--progress"],
     );
     let (child, rx) = spawn_rootbox(&env, &args, &[("TMPDIR", &private_tmp)]);
-    let mut seen = Vec::new();
-    let start = Instant::now();
-    while !seen.iter().any(|l: &String| l.contains("apply layer 1")) {
-        assert!(start.elapsed() < Duration::from_secs(120), "never reached apply: {seen:#?}");
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
-            seen.push(l);
-        }
-    }
+    let seen = wait_for_line(&rx, "apply layer 1", Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(2));
     let qemu: Vec<String> = processes_mentioning(&out_dir.to_string_lossy())
         .into_iter()
