@@ -18,9 +18,6 @@ pub fn classify(e: &anyhow::Error) -> i32 {
         return OTHER;
     }
     for cause in e.chain() {
-        if cause.is::<crate::output::NoSpace>() {
-            return OTHER;
-        }
         if cause.is::<SourceError>() {
             return SOURCE;
         }

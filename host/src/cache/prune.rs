@@ -16,9 +16,8 @@ use crate::size::human;
 
 /// What a manifest or index blob points at: configs and layers (never parsed), child
 /// manifests (parsed in turn). Read beneath the cache, never through a symlink, bounded.
-fn children(cache: &Cache, d: &Digest) -> Vec<(Digest, Reached)> {
+fn children(root: &crate::local::Root, d: &Digest) -> Vec<(Digest, Reached)> {
     use std::io::Read as _;
-    let Ok(root) = crate::local::Root::open(cache.root()) else { return Vec::new() };
     let Ok(f) = root.file(&format!("blobs/sha256/{}", d.hex())) else { return Vec::new() };
     let mut bytes = Vec::new();
     let max = crate::oci::JSON_MAX;
@@ -58,9 +57,13 @@ fn closure(cache: &Cache, roots: impl IntoIterator<Item = Digest>) -> BTreeSet<D
     let mut seen = BTreeSet::new();
     let mut stack: Vec<(Digest, Reached)> =
         roots.into_iter().map(|d| (d, Reached::Manifest)).collect();
+    // Opened once; without it nothing can be read, and only the roots are known.
+    let root = crate::local::Root::open(cache.root()).ok();
     while let Some((d, how)) = stack.pop() {
         if seen.insert(d.clone()) && how == Reached::Manifest {
-            stack.extend(children(cache, &d));
+            if let Some(root) = &root {
+                stack.extend(children(root, &d));
+            }
         }
     }
     seen
