@@ -214,6 +214,46 @@ fn parse_superblock(sb: &[u8; 1024]) -> Usage {
     }
 }
 
+/// The e2fsprogs steps of the session's build, behind a trait so the recorder can stand in.
+pub trait Tools {
+    fn mkfs(&self, dev: &Path, label: Option<&str>, content_hint: u64) -> Result<(), Ext4Error>;
+    fn converge_minimum(
+        &self,
+        dev: &Path,
+        device: u64,
+        policy: rootbox_proto::SizePolicy,
+    ) -> Result<u64, Ext4Error>;
+    fn resize(&self, dev: &Path, bytes: u64) -> Result<(), Ext4Error>;
+    fn check(&self, dev: &Path) -> Result<(), Ext4Error>;
+    fn usage(&self, dev: &Path) -> Result<Usage, Ext4Error>;
+}
+
+/// The worker image's own e2fsprogs.
+pub struct E2fsprogs;
+
+impl Tools for E2fsprogs {
+    fn mkfs(&self, dev: &Path, label: Option<&str>, content_hint: u64) -> Result<(), Ext4Error> {
+        mkfs(dev, label, content_hint)
+    }
+    fn converge_minimum(
+        &self,
+        dev: &Path,
+        device: u64,
+        policy: rootbox_proto::SizePolicy,
+    ) -> Result<u64, Ext4Error> {
+        converge_minimum(dev, device, policy)
+    }
+    fn resize(&self, dev: &Path, bytes: u64) -> Result<(), Ext4Error> {
+        resize(dev, bytes)
+    }
+    fn check(&self, dev: &Path) -> Result<(), Ext4Error> {
+        check(dev)
+    }
+    fn usage(&self, dev: &Path) -> Result<Usage, Ext4Error> {
+        usage(dev)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

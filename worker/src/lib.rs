@@ -12,6 +12,8 @@
 pub mod apply;
 pub mod container;
 mod ext4;
+#[cfg(test)]
+mod recorder;
 pub mod session;
 mod stream;
 #[allow(unsafe_code)]

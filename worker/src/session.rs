@@ -11,11 +11,13 @@ use rootbox_proto::{
     PROTOCOL_VERSION,
 };
 
-use crate::apply::ops::Real;
 use crate::apply::{Applier, ApplyError};
 use crate::ext4;
 use crate::stream::{stream_cause, LayerStream};
 use crate::sys;
+use crate::sys::kernel::{Kernel, Loop as _, Mount, Mounted, Real};
+use rustix::mount::MountFlags;
+use std::os::fd::AsFd as _;
 
 /// Where the image is mounted while layers are applied.
 pub const TARGET: &str = "/target";
@@ -79,7 +81,10 @@ impl Session {
             Ok(job) => job,
             Err(e) => return Outcome::Lost(e),
         };
-        match self.build(&job, output) {
+        let built = build(&Real, &ext4::E2fsprogs, &mut self, &job, &output);
+        // What the worker wrote reaches the device before the host is told it is done.
+        rustix::fs::sync();
+        match built {
             Ok(result) => match self.wr.send(&Control::Done(result)) {
                 Ok(()) => Outcome::Done,
                 Err(e) => Outcome::Lost(e),
@@ -111,94 +116,123 @@ impl Session {
             other => Err(ProtoError::Unexpected { expected: "job", got: format!("{other:?}") }),
         }
     }
+}
 
+/// What the build sequence needs beyond the kernel and e2fsprogs: progress reports to the host
+/// and the layer applier. The session is one; the tests' recorder is the other.
+pub(crate) trait Steps {
+    fn progress(&mut self, phase: Phase) -> Result<(), Option<Failure>>;
+    /// Applies the job's layers to the filesystem mounted at [`TARGET`].
+    fn apply(&mut self, job: &JobSpec) -> Result<Applied, Option<Failure>>;
+}
+
+impl Steps for Session {
     fn progress(&mut self, phase: Phase) -> Result<(), Option<Failure>> {
         self.wr
             .send(&Control::Progress { phase, layer: None })
             .map_err(|e| Some(Failure::new("reporting progress", &e)))
     }
 
-    /// `Err(None)`: already reported by the applier.
-    fn build(&mut self, job: &JobSpec, output: Output) -> Result<JobResult, Option<Failure>> {
-        let mut phase_ms = Vec::new();
-        let mut t = Instant::now();
-        let mut lap = |phase: Phase, t: &mut Instant| {
-            phase_ms.push((phase, t.elapsed().as_millis() as u64));
-            *t = Instant::now();
-        };
+    fn apply(&mut self, job: &JobSpec) -> Result<Applied, Option<Failure>> {
+        self.apply_in_child(job)
+    }
+}
 
-        self.progress(Phase::Mkfs)?;
-        let (_loop_dev, dev): (Option<sys::loopdev::LoopDevice>, PathBuf) = match &output {
-            Output::File(f) => {
-                let l = sys::loopdev::LoopDevice::attach(f, Path::new("/dev")).map_err(|e| {
-                    Some(Failure::new("attaching the output file to a loop device", &e))
-                })?;
-                let p = l.path().to_path_buf();
-                (Some(l), p)
-            }
-            Output::Device(p) => (None, p.clone()),
-        };
-        let device_bytes =
-            device_size(&dev).map_err(|e| Some(Failure::new("sizing the output device", &e)))?;
-        ext4::mkfs(&dev, job.label.as_deref(), job.content_hint)
-            .map_err(|e| Some(Failure::new("creating the filesystem", &e)))?;
-        let mount = sys::mounts::Mount::ext4(&dev, Path::new(TARGET))
-            .map_err(|e| Some(Failure::new("mounting the new filesystem", &e)))?;
-        let mut warnings = Vec::new();
-        if let Err(e) = pack_allocations(&dev) {
-            warnings.push(format!(
-                "could not pack allocations (shrinking may be slower): {}",
-                chain(&e).join(": ")
-            ));
+/// The build: loop attach (for a file) → mkfs → mount → pack allocations → apply → sync →
+/// trim → unmount → shrink → resize → check → usage. On an early return the guards release
+/// what is held, in reverse: the mount (lazily) and then the loop device. `Err(None)`: the
+/// applier reported its error already.
+pub(crate) fn build<K: Kernel, T: ext4::Tools>(
+    k: &K,
+    tools: &T,
+    steps: &mut impl Steps,
+    job: &JobSpec,
+    output: &Output,
+) -> Result<JobResult, Option<Failure>> {
+    let mut phase_ms = Vec::new();
+    let mut t = Instant::now();
+    let mut lap = |phase: Phase, t: &mut Instant| {
+        phase_ms.push((phase, t.elapsed().as_millis() as u64));
+        *t = Instant::now();
+    };
+    let target = Path::new(TARGET);
+
+    steps.progress(Phase::Mkfs)?;
+    let (_loop_dev, dev): (Option<K::Loop>, PathBuf) = match output {
+        Output::File(f) => {
+            let l = k.loop_attach(f.as_fd(), Path::new("/dev")).map_err(|e| {
+                Some(Failure::new("attaching the output file to a loop device", &e))
+            })?;
+            let p = l.path().to_path_buf();
+            (Some(l), p)
         }
-        lap(Phase::Mkfs, &mut t);
+        Output::Device(p) => (None, p.clone()),
+    };
+    let device_bytes =
+        k.device_size(&dev).map_err(|e| Some(Failure::new("sizing the output device", &e)))?;
+    tools
+        .mkfs(&dev, job.label.as_deref(), job.content_hint)
+        .map_err(|e| Some(Failure::new("creating the filesystem", &e)))?;
+    let mount = Mounted::new(k, &sys::mounts::image(&dev, target))
+        .map_err(|e| Some(Failure::new("mounting the new filesystem", &e)))?;
+    let mut warnings = Vec::new();
+    if let Err(e) = pack_allocations(k, &dev) {
+        warnings.push(format!(
+            "could not pack allocations (shrinking may be slower): {}",
+            chain(&e).join(": ")
+        ));
+    }
+    lap(Phase::Mkfs, &mut t);
 
-        self.progress(Phase::Apply)?;
-        let applied = self.apply_in_child(job)?;
-        written_out(Path::new(TARGET)).map_err(Some)?;
-        lap(Phase::Apply, &mut t);
+    steps.progress(Phase::Apply)?;
+    let applied = steps.apply(job)?;
+    written_out(k, target).map_err(Some)?;
+    lap(Phase::Apply, &mut t);
 
-        // Before shrinking (so what resize2fs moves lands on discarded space too): the blocks
-        // of files a later layer deleted or replaced still hold their bytes; discard them.
-        self.progress(Phase::Shrink)?;
-        if let Err(e) = sys::trim::free_blocks(Path::new(TARGET)) {
-            warnings.push(format!(
-                "could not discard free blocks, so data later layers deleted may remain in \
-                 the image's bytes: {e}"
-            ));
-        }
-
-        mount.unmount().map_err(|e| Some(Failure::new("unmounting the filesystem", &e)))?;
-
-        let min = ext4::converge_minimum(&dev, device_bytes, job.size)
-            .map_err(|e| Some(Failure::new("shrinking the filesystem", &e)))?;
-        let size = ext4::target_size(min, device_bytes, job.size)
-            .map_err(|e| Some(Failure::new("sizing the filesystem", &e)))?;
-        ext4::resize(&dev, size).map_err(|e| Some(Failure::new("resizing the filesystem", &e)))?;
-        lap(Phase::Shrink, &mut t);
-
-        self.progress(Phase::Fsck)?;
-        ext4::check(&dev)
-            .map_err(|e| Some(Failure::new("checking the filesystem (e2fsck -fn)", &e)))?;
-        let usage =
-            ext4::usage(&dev).map_err(|e| Some(Failure::new("reading filesystem usage", &e)))?;
-        lap(Phase::Fsck, &mut t);
-        rustix::fs::sync();
-
-        Ok(JobResult {
-            // resize2fs may leave off a last block group too small to hold its metadata; the
-            // image file is still exactly the size asked for.
-            size_bytes: size.max(usage.size_bytes),
-            used_bytes: usage.used_bytes,
-            inodes: usage.inodes_used,
-            entries: applied.entries,
-            warnings,
-            os_release: applied.os_release,
-            sanitised: applied.sanitised,
-            phase_ms,
-        })
+    // Before shrinking (so what resize2fs moves lands on discarded space too): the blocks
+    // of files a later layer deleted or replaced still hold their bytes; discard them.
+    steps.progress(Phase::Shrink)?;
+    if let Err(e) = k.trim(target) {
+        warnings.push(format!(
+            "could not discard free blocks, so data later layers deleted may remain in \
+             the image's bytes: {}",
+            chain(&e).join(": ")
+        ));
     }
 
+    mount.unmount().map_err(|e| Some(Failure::new("unmounting the filesystem", &e)))?;
+
+    let min = tools
+        .converge_minimum(&dev, device_bytes, job.size)
+        .map_err(|e| Some(Failure::new("shrinking the filesystem", &e)))?;
+    let size = ext4::target_size(min, device_bytes, job.size)
+        .map_err(|e| Some(Failure::new("sizing the filesystem", &e)))?;
+    tools.resize(&dev, size).map_err(|e| Some(Failure::new("resizing the filesystem", &e)))?;
+    lap(Phase::Shrink, &mut t);
+
+    steps.progress(Phase::Fsck)?;
+    tools
+        .check(&dev)
+        .map_err(|e| Some(Failure::new("checking the filesystem (e2fsck -fn)", &e)))?;
+    let usage =
+        tools.usage(&dev).map_err(|e| Some(Failure::new("reading filesystem usage", &e)))?;
+    lap(Phase::Fsck, &mut t);
+
+    Ok(JobResult {
+        // resize2fs may leave off a last block group too small to hold its metadata; the
+        // image file is still exactly the size asked for.
+        size_bytes: size.max(usage.size_bytes),
+        used_bytes: usage.used_bytes,
+        inodes: usage.inodes_used,
+        entries: applied.entries,
+        warnings,
+        os_release: applied.os_release,
+        sanitised: applied.sanitised,
+        phase_ms,
+    })
+}
+
+impl Session {
     /// Applies every layer in a forked child holding fewer capabilities and bounded memory.
     fn apply_in_child(&mut self, job: &JobSpec) -> Result<Applied, Option<Failure>> {
         let (tx, rx) = std::os::unix::net::UnixDatagram::pair()
@@ -269,24 +303,22 @@ impl Session {
 /// Everything applied reached the device: data writes that failed there (a full disk under
 /// the output file) surface only at writeback, as an error syncfs reports or as ext4
 /// remounting itself read-only.
-fn written_out(target: &Path) -> Result<(), Failure> {
+fn written_out(k: &impl Kernel, target: &Path) -> Result<(), Failure> {
     let why = "an I/O error writing the output device: is the disk holding the output full?";
-    let fail = |e: std::io::Error| {
+    let fail = |causes: Vec<String>| {
         Failure(RemoteError {
             operation: "writing the applied layers to the filesystem".into(),
             layer: None,
             path: None,
-            causes: vec![e.to_string(), why.into()],
+            causes: causes.into_iter().chain([why.to_string()]).collect(),
             internal: true,
         })
     };
-    let dir = File::open(target).map_err(fail)?;
-    rustix::fs::syncfs(&dir).map_err(|e| fail(e.into()))?;
-    let st = rustix::fs::fstatvfs(&dir).map_err(|e| fail(e.into()))?;
-    if st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
-        return Err(fail(std::io::Error::from(rustix::io::Errno::ROFS)));
+    match k.sync_filesystem(target) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(fail(vec![std::io::Error::from(rustix::io::Errno::ROFS).to_string()])),
+        Err(e) => Err(fail(chain(&e))),
     }
-    Ok(())
 }
 
 /// The size of the allocation the applier's memory bound refused, if its allocator said so.
@@ -313,7 +345,7 @@ fn send_failure(wr: &mut Writer<Transport>, remote: RemoteError) {
 
 /// What the applier child tells its parent.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct Applied {
+pub(crate) struct Applied {
     entries: u64,
     os_release: std::collections::BTreeMap<String, String>,
     sanitised: std::collections::BTreeMap<rootbox_proto::SanitisedKind, u64>,
@@ -334,7 +366,7 @@ fn applier_main(
     let filter = sys::seccomp::applier().map_err(|e| Failure::new("building seccomp", &e))?;
     sys::seccomp::install(&filter).map_err(|e| Failure::new("installing seccomp", &e))?;
 
-    let mut applier = Applier::new(Path::new(TARGET), job.limits, Real)
+    let mut applier = Applier::new(Path::new(TARGET), job.limits, crate::apply::ops::Real)
         .map_err(|e| Failure::new("opening the image root", &e))?;
     let total = job.layers.len();
     let mut budget = job.limits.max_total_bytes;
@@ -444,32 +476,211 @@ fn layer_failure(e: LayerFailure, i: usize, total: usize, digest: Option<String>
 /// spreading top-level directories across the whole scratch filesystem, so the final shrink
 /// moves little or nothing. The knob is ext4's `inode_goal` in sysfs, mounted only for this
 /// write and unmounted before any layer content is read.
-fn pack_allocations(dev: &Path) -> Result<(), sys::SysError> {
-    use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
+fn pack_allocations(k: &impl Kernel, dev: &Path) -> Result<(), sys::SysError> {
     let name = dev.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let sysfs = Path::new("/sys");
-    let mounted_here = !sysfs.join("fs").exists();
+    let mounted_here = !k.exists(&sysfs.join("fs"));
     if mounted_here {
-        mount(
-            c"sysfs",
-            sysfs,
-            c"sysfs",
-            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-            c"",
-        )
-        .map_err(|e| sys::SysError::new("mounting sysfs at", sysfs, e))?;
+        k.mount(&Mount {
+            source: Path::new("sysfs"),
+            target: sysfs,
+            fstype: "sysfs",
+            flags: MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            data: c"",
+        })?;
     }
-    let knob = sysfs.join("fs/ext4").join(&name).join("inode_goal");
     // The first inode after the reserved ones and lost+found.
-    let res = std::fs::write(&knob, "12").map_err(|e| sys::SysError::new("writing", &knob, e));
+    let res = k.write_knob(&sysfs.join("fs/ext4").join(&name).join("inode_goal"), "12");
     if mounted_here {
-        let _ = unmount(sysfs, UnmountFlags::DETACH);
+        let _ = k.unmount(sysfs, true);
     }
     res
 }
 
-fn device_size(dev: &Path) -> std::io::Result<u64> {
-    use std::io::{Seek, SeekFrom};
-    let mut f = File::open(dev)?;
-    f.seek(SeekFrom::End(0))
+#[cfg(test)]
+mod tests {
+    //! The build's privileged sequence, recorded: what runs, in which order, and what is
+    //! released (the image's mount lazily, then the loop device) after each early error.
+
+    use super::*;
+    use crate::recorder::{Recorder, INJECTED};
+    use rootbox_proto::{Limits, SizePolicy};
+
+    fn job() -> JobSpec {
+        JobSpec {
+            image: "test".into(),
+            layers: Vec::new(),
+            size: SizePolicy::Auto { headroom_pct: 0 },
+            limits: Limits::default(),
+            label: None,
+            content_hint: 0,
+            inject: false,
+        }
+    }
+
+    /// Runs the build against `rec` with a file output (the container's loop device).
+    fn run(rec: &Recorder, output: &Output) -> (Result<JobResult, Option<Failure>>, Vec<String>) {
+        let mut steps = rec.clone();
+        let r = build(rec, rec, &mut steps, &job(), output);
+        (r, rec.calls())
+    }
+
+    fn file() -> Output {
+        match File::open("/dev/null") {
+            Ok(f) => Output::File(f),
+            Err(e) => panic!("opening /dev/null: {e}"),
+        }
+    }
+
+    const MKFS: &[&str] = &[
+        "progress mkfs",
+        "loop attach /dev/loop0",
+        "size /dev/loop0",
+        "mke2fs /dev/loop0",
+        "mount /dev/loop0 on /target type ext4 (nosuid,nodev,noexec,noatime) noinit_itable",
+        "write /sys/fs/ext4/loop0/inode_goal 12",
+    ];
+    const APPLY: &[&str] = &["progress apply", "apply layers", "syncfs /target"];
+    const SHRINK: &[&str] =
+        &["progress shrink", "fitrim /target", "umount /target", "resize2fs -P /dev/loop0"];
+    /// The minimum the recorder's resize2fs -P answers, in blocks, with no headroom.
+    const RESIZE: &str = "resize2fs /dev/loop0 16384";
+    const FSCK: &[&str] = &["progress fsck", "e2fsck -fn /dev/loop0", "read superblock /dev/loop0"];
+    const DETACH: &str = "loop detach /dev/loop0";
+
+    fn seq(parts: &[&[&str]]) -> Vec<String> {
+        parts.iter().flat_map(|p| p.iter().map(|s| s.to_string())).collect()
+    }
+
+    /// The failure's operation and causes, as the host prints them.
+    fn failure(r: Result<JobResult, Option<Failure>>) -> String {
+        match r {
+            Ok(_) => panic!("the build succeeded"),
+            Err(None) => panic!("the build says it reported the error itself"),
+            Err(Some(Failure(e))) => format!("{}: {}", e.operation, e.causes.join(": ")),
+        }
+    }
+
+    #[test]
+    fn a_file_output_is_built_in_order_and_its_loop_device_detached_last() {
+        let rec = Recorder::default();
+        let (r, calls) = run(&rec, &file());
+        let full = seq(&[MKFS, APPLY, SHRINK, &[RESIZE], FSCK, &[DETACH]]);
+        assert_eq!(calls, full);
+        let result = r.unwrap_or_else(|_| panic!("the build failed"));
+        assert_eq!(result.size_bytes, 64 << 20);
+        assert!(result.warnings.is_empty(), "{:?}", result.warnings);
+    }
+
+    #[test]
+    fn a_device_output_attaches_no_loop_device() {
+        let rec = Recorder::default();
+        let (r, calls) = run(&rec, &Output::Device(PathBuf::from("/dev/vdb")));
+        assert!(r.is_ok());
+        let expected: Vec<String> = seq(&[MKFS, APPLY, SHRINK, &[RESIZE], FSCK])
+            .into_iter()
+            .filter(|c| !c.starts_with("loop "))
+            .map(|c| c.replace("loop0", "vdb"))
+            .collect();
+        assert_eq!(calls, expected);
+    }
+
+    #[test]
+    fn a_failed_loop_attach_stops_before_mkfs() {
+        let rec = Recorder::failing_at("loop attach");
+        let (r, calls) = run(&rec, &file());
+        assert_eq!(calls, seq(&[&MKFS[..2]]));
+        assert_eq!(
+            failure(r),
+            format!("attaching the output file to a loop device: LOOP_CONFIGURE on \"/dev/loop0\": {INJECTED}")
+        );
+    }
+
+    #[test]
+    fn a_failed_mkfs_detaches_the_loop_device() {
+        let rec = Recorder::failing_at("mke2fs");
+        let (r, calls) = run(&rec, &file());
+        assert_eq!(calls, seq(&[&MKFS[..4], &[DETACH]]));
+        assert_eq!(
+            failure(r),
+            format!("creating the filesystem: running /sbin/mke2fs: {INJECTED}")
+        );
+    }
+
+    #[test]
+    fn a_failed_mount_detaches_the_loop_device_and_unmounts_nothing() {
+        let rec = Recorder::failing_at("mount /dev/loop0");
+        let (r, calls) = run(&rec, &file());
+        assert_eq!(calls, seq(&[&MKFS[..5], &[DETACH]]));
+        assert!(failure(r).starts_with("mounting the new filesystem: "));
+    }
+
+    #[test]
+    fn a_failed_apply_unmounts_lazily_then_detaches() {
+        let rec = Recorder::failing_at("apply layers");
+        let (r, calls) = run(&rec, &file());
+        assert_eq!(calls, seq(&[MKFS, &APPLY[..2], &["umount -l /target", DETACH]]));
+        assert_eq!(failure(r), format!("applying layers: {INJECTED}"));
+    }
+
+    #[test]
+    fn a_failed_sync_is_a_full_disk_and_releases_the_mount() {
+        let rec = Recorder::failing_at("syncfs");
+        let (r, calls) = run(&rec, &file());
+        assert_eq!(calls, seq(&[MKFS, APPLY, &["umount -l /target", DETACH]]));
+        assert_eq!(
+            failure(r),
+            format!(
+                "writing the applied layers to the filesystem: syncing \"/target\": {INJECTED}: \
+                 an I/O error writing the output device: is the disk holding the output full?"
+            )
+        );
+    }
+
+    #[test]
+    fn a_failed_unmount_falls_back_to_a_lazy_one() {
+        let rec = Recorder::failing_at("umount /target");
+        let (r, calls) = run(&rec, &file());
+        assert_eq!(calls, seq(&[MKFS, APPLY, &SHRINK[..3], &["umount -l /target", DETACH]]));
+        assert!(failure(r).starts_with("unmounting the filesystem: "));
+    }
+
+    #[test]
+    fn a_failed_resize_or_check_detaches_the_loop_device_only() {
+        for (step, upto) in [(RESIZE, 1), ("e2fsck", 2)] {
+            let rec = Recorder::failing_at(step);
+            let (r, calls) = run(&rec, &file());
+            let done: &[&str] = if upto == 1 { &[RESIZE] } else { &[RESIZE, FSCK[0], FSCK[1]] };
+            assert_eq!(calls, seq(&[MKFS, APPLY, SHRINK, done, &[DETACH]]), "{step}");
+            assert!(r.is_err(), "{step}");
+        }
+    }
+
+    #[test]
+    fn a_failed_trim_or_packing_is_a_warning_not_a_failure() {
+        for step in ["fitrim", "write /sys/fs/ext4/loop0/inode_goal"] {
+            let rec = Recorder::failing_at(step);
+            let (r, calls) = run(&rec, &file());
+            assert_eq!(calls, seq(&[MKFS, APPLY, SHRINK, &[RESIZE], FSCK, &[DETACH]]), "{step}");
+            let result = r.unwrap_or_else(|_| panic!("{step}: the build failed"));
+            assert_eq!(result.warnings.len(), 1, "{step}: {:?}", result.warnings);
+            assert!(result.warnings[0].contains(INJECTED), "{:?}", result.warnings);
+        }
+    }
+
+    #[test]
+    fn sysfs_is_mounted_for_the_packing_knob_only_when_absent() {
+        let rec = Recorder::default().without("/sys/fs");
+        let (r, calls) = run(&rec, &file());
+        assert!(r.is_ok());
+        assert_eq!(
+            calls[4..8],
+            [
+                MKFS[4],
+                "mount sysfs on /sys type sysfs (nosuid,nodev,noexec)",
+                MKFS[5],
+                "umount -l /sys",
+            ]
+        );
+    }
 }

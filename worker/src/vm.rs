@@ -162,7 +162,7 @@ fn run() -> Result<(), InitError> {
         mount(*source, *target, *fstype, *flags, *data)
             .map_err(|e| SysError::new("mounting", *target, e))?;
     }
-    sys::mounts::proc_read_only(Path::new("/proc"))?;
+    sys::mounts::proc_read_only(&sys::kernel::Real, Path::new("/proc"))?;
     let cmdline = std::fs::read_to_string("/proc/cmdline")
         .map_err(|e| SysError::new("reading", "/proc/cmdline", e))?;
     let params = Params::parse(&cmdline)?;

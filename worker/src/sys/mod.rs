@@ -5,6 +5,7 @@
 
 pub mod alloc;
 pub mod caps;
+pub mod kernel;
 pub mod loopdev;
 pub mod mounts;
 pub mod process;

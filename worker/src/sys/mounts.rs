@@ -1,9 +1,11 @@
-//! Mounts the sandboxes make beyond their init tables, and the guard of the image's own mount.
+//! Mounts the sandboxes make beyond their init tables: /proc's read-only parts, and the
+//! image's own mount.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use rustix::mount::{mount_bind, mount_remount, MountFlags};
+use rustix::mount::MountFlags;
 
+use super::kernel::{Kernel, Mount};
 use super::SysError;
 
 /// Parts of /proc that write to the kernel itself: made read-only (bind-mounted over
@@ -12,52 +14,29 @@ const PROC_READ_ONLY: &[&str] = &["sys", "sysrq-trigger"];
 
 /// Makes the kernel-tuning parts of the proc mount at `proc` read-only (those the kernel
 /// has: without CONFIG_MAGIC_SYSRQ there is no sysrq-trigger).
-pub fn proc_read_only(proc: &Path) -> Result<(), SysError> {
+pub fn proc_read_only(k: &impl Kernel, proc: &Path) -> Result<(), SysError> {
     for name in PROC_READ_ONLY {
         let p = proc.join(name);
-        if !p.exists() {
+        if !k.exists(&p) {
             continue;
         }
-        mount_bind(&p, &p).map_err(|e| SysError::new("bind-mounting", &p, e))?;
-        let flags = MountFlags::BIND
-            | MountFlags::RDONLY
-            | MountFlags::NOSUID
-            | MountFlags::NODEV
-            | MountFlags::NOEXEC;
-        mount_remount(&p, flags, c"").map_err(|e| SysError::new("remounting read-only", &p, e))?;
+        k.bind(&p, &p, false)?;
+        let flags =
+            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+        k.remount_bind(&p, flags)?;
     }
     Ok(())
 }
 
-/// A mounted filesystem, unmounted (lazily, as a last resort) when dropped.
-pub struct Mount {
-    target: PathBuf,
-    mounted: bool,
-}
-
-impl Mount {
-    pub fn ext4(dev: &Path, target: &Path) -> Result<Self, SysError> {
-        use rustix::mount::{mount, MountFlags};
-        // The image's device nodes are made (mknod) but never opened: nodev keeps an open of
-        // one from reaching the host kernel's driver; nothing in it runs (noexec, nosuid).
-        let flags =
-            MountFlags::NOATIME | MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC;
-        mount(dev, target, "ext4", flags, c"noinit_itable")
-            .map_err(|e| SysError::new("mounting ext4 on", target, e))?;
-        Ok(Self { target: target.to_path_buf(), mounted: true })
-    }
-
-    pub fn unmount(mut self) -> Result<(), SysError> {
-        self.mounted = false;
-        rustix::mount::unmount(&self.target, rustix::mount::UnmountFlags::empty())
-            .map_err(|e| SysError::new("unmounting", &self.target, e))
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = rustix::mount::unmount(&self.target, rustix::mount::UnmountFlags::DETACH);
-        }
+/// The image's mount: its device nodes are made (mknod) but never opened, so nodev keeps an
+/// open of one from reaching the host kernel's driver; nothing in it runs (noexec, nosuid).
+/// Inode tables are not zeroed in the background while layers are written.
+pub fn image<'a>(dev: &'a Path, target: &'a Path) -> Mount<'a> {
+    Mount {
+        source: dev,
+        target,
+        fstype: "ext4",
+        flags: MountFlags::NOATIME | MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC,
+        data: c"noinit_itable",
     }
 }
