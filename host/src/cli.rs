@@ -116,9 +116,10 @@ pub struct PullArgs {
     /// ~/.docker/config.json, else anonymous).
     #[arg(long, value_name = "USER:PASS", value_parser = crate::source::registry::auth::Creds::parse)]
     pub creds: Option<crate::source::registry::auth::Creds>,
-    /// Registry pulls: download and verify every layer before the build starts instead of
-    /// streaming layers into it as they arrive (slower, but the scratch file is sized
-    /// exactly: for images whose content is far larger than their compressed size).
+    /// Download (registry pulls) and verify every layer in full before the build starts,
+    /// instead of checking each layer's uncompressed bytes as they ship (slower: every byte is
+    /// decompressed twice; but the scratch file is sized exactly, for images whose content is
+    /// far larger than their compressed size or than their layers declare).
     #[arg(long)]
     pub fetch_first: bool,
     /// MicroVM guest memory (fixed: the worker streams, so it need not grow with the image).

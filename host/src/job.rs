@@ -15,10 +15,11 @@ use rootbox_proto::{
     Writer, PROTOCOL_VERSION, SANITISED_MAX,
 };
 
+use crate::pipeline::Item;
 use crate::sandbox::Running;
-use crate::ship::{self, ShipError};
+use crate::ship::{self, ShipError, Shipment};
 use crate::source::verify::Verified;
-use crate::source::{Layer, SourceError};
+use crate::source::SourceError;
 
 /// Warnings kept (each cut to [`NOTE_MAX`] bytes); the rest are counted.
 pub const WARNINGS_MAX: usize = 100;
@@ -168,7 +169,7 @@ impl Drop for Watchdog {
 /// over while later ones still download). A layer that fails to arrive ends the job.
 pub fn run(
     worker: &mut dyn Running,
-    layers: &mut dyn Iterator<Item = Result<(Layer, Verified), SourceError>>,
+    layers: &mut dyn Iterator<Item = Item>,
     spec: JobSpec,
     bounds: Bounds,
     on_event: &mut dyn FnMut(Event),
@@ -186,7 +187,7 @@ pub fn run(
 fn talk(
     worker: &mut dyn Running,
     stream: std::os::unix::net::UnixStream,
-    layers: &mut dyn Iterator<Item = Result<(Layer, Verified), SourceError>>,
+    layers: &mut dyn Iterator<Item = Item>,
     spec: JobSpec,
     bounds: Bounds,
     on_event: &mut dyn FnMut(Event),
@@ -208,6 +209,7 @@ fn talk(
         Ok(other) => return Err(lost(format!("expected hello, got {}", kind(&other)), worker)),
         Err(e) => return Err(lost(chain(&e), worker)),
     }
+    let (spec_layers, spec_limit) = (spec.layers.len(), spec.limits.max_total_bytes);
     wr.send(&Control::Job(spec)).map_err(|e| lost(chain(&e), worker))?;
 
     let (tx, rx) = mpsc::channel::<Result<Control, ProtoError>>();
@@ -262,12 +264,15 @@ fn talk(
 
     let mut ship_err = None;
     let mut shipped = Vec::new();
+    let image_layers = spec_layers;
+    let limit = spec_limit;
+    let mut budget = limit;
     for i in 0.. {
         pump(&mut early, &mut notes, on_event, None);
         if early.is_some() {
             break;
         }
-        let (l, v) = match layers.next() {
+        let ready = match layers.next() {
             None => break,
             Some(Ok(x)) => x,
             // The worker waits for bytes that will not come: the caller stops it.
@@ -277,20 +282,33 @@ fn talk(
             pump(&mut early, &mut notes, on_event, None);
             early.is_none()
         };
-        let sent = ship::ship(&l, &v, i as u32, &mut wr, &mut between);
-        if let Ok(false) = sent {
-            break;
-        }
-        if let Err(e) = sent {
+        let s = Shipment {
+            layer: &ready.layer,
+            checked: &ready.checked,
+            what: &ready.what,
+            index: i as u32,
+        };
+        // The injected files are rootbox's own, not charged to the image's budget.
+        let mut unbounded = u64::MAX;
+        let b = if i < image_layers { &mut budget } else { &mut unbounded };
+        let v = match ship::ship(&s, b, limit, &mut wr, &mut between) {
+            Ok(Some(v)) => v,
+            Ok(None) => break,
+            // The layer is not what its image says: the worker's build is void; the caller
+            // stops it.
+            Err(ShipError::Source(source)) => {
+                return Err(JobError::Source { index: i + 1, source })
+            }
             // A failed send means the worker (or its VM) went away: say so, with its output.
-            ship_err = Some(match e {
-                ShipError::Send(p) => {
-                    lost(format!("sending layer {}: {}", i + 1, chain(&p)), worker)
-                }
-                other => JobError::Ship { index: i + 1, source: other },
-            });
-            break;
-        }
+            Err(ShipError::Send(p)) => {
+                ship_err = Some(lost(format!("sending layer {}: {}", i + 1, chain(&p)), worker));
+                break;
+            }
+            Err(other) => {
+                ship_err = Some(JobError::Ship { index: i + 1, source: other });
+                break;
+            }
+        };
         shipped.push(v);
         on_event(Event::Shipped(i));
     }

@@ -1,41 +1,60 @@
-//! Layers on their way to the worker: fetched and verified by a few threads at once, handed
-//! to the job strictly in order. A local source is verified in full before the sandbox
-//! starts (its uncompressed size then sizes the scratch file exactly); a registry source
-//! streams: layer i ships as soon as it is downloaded and verified while later layers still
-//! download, so a cold pull takes about max(download, build) instead of their sum.
+//! Layers on their way to the worker: fetched and checked by a few threads at once, handed
+//! to the job strictly in order. A local source's blobs (and cached registry blobs) are
+//! checked (digest, size) before the sandbox starts, without decompressing them: their
+//! diff_id and uncompressed size are checked as they ship (`crate::ship`), so every byte is
+//! decompressed once; the scratch file is sized from the sizes the blobs declare. A registry
+//! source streams: layer i ships as soon as it is downloaded and verified while later layers
+//! still download, so a cold pull takes about max(download, build) instead of their sum.
+//! `--fetch-first` verifies everything in full before the build, and sizes it exactly.
 //!
-//! No byte of a layer reaches the sandbox before that layer's digest, size and diff_id are
-//! checked; the `--max-uncompressed` budget is charged in layer order. A cached blob that
-//! fails its check is discarded and fetched once more.
+//! No byte of a layer reaches the sandbox before that layer's blob digest and size are
+//! checked, and no layer ends (`LayerEnd`) before its diff_id is; the `--max-uncompressed`
+//! budget is charged in layer order. A cached blob that fails its check is discarded and
+//! fetched once more.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
 use crate::progress::Progress;
-use crate::source::verify::{self, Verified};
+use crate::source::verify::{self, Checked};
 use crate::source::{Image, Layer, Source, SourceError};
 
 /// Downloads (and verifications) in flight at once.
 pub const PARALLEL: usize = 3;
 
-type Item = Result<(Layer, Verified), SourceError>;
+/// A layer ready to ship: how far it was checked, and its name in errors.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub layer: Layer,
+    pub checked: Checked,
+    pub what: String,
+}
 
-/// Fetches and verifies one layer, retrying once from scratch if the fetched blob is corrupt.
+pub type Item = Result<Ready, SourceError>;
+
+/// Fetches and checks one layer (in `full`, or its blob only), retrying once from scratch if
+/// the fetched blob is corrupt.
 fn prepare(
     src: &dyn Source,
     l: &Layer,
     label: &str,
     what: &str,
     limit: u64,
-) -> Result<Verified, SourceError> {
+    full: bool,
+) -> Result<Checked, SourceError> {
     let mut retried = false;
     loop {
         if let Some(v) = src.fetch(l, label, limit)? {
-            return Ok(v);
+            return Ok(Checked::Full(v));
         }
         let mut budget = limit;
-        match verify::verify(l, what, &mut budget, limit) {
+        let checked = if full {
+            verify::verify(l, what, &mut budget, limit).map(Checked::Full)
+        } else {
+            verify::check_blob(l, what)
+        };
+        match checked {
             Err(SourceError::DigestMismatch { .. } | SourceError::SizeMismatch { .. })
                 if !retried && src.discard(l) =>
             {
@@ -51,23 +70,26 @@ pub struct Layers {
     image_layers: Vec<Layer>,
     what: String,
     limit: u64,
-    rx: mpsc::Receiver<(usize, Result<Verified, SourceError>)>,
-    ready: BTreeMap<usize, Result<Verified, SourceError>>,
+    rx: mpsc::Receiver<(usize, Result<Checked, SourceError>)>,
+    ready: BTreeMap<usize, Result<Checked, SourceError>>,
     next: usize,
     charged: u64,
     /// Everything verified up front (local sources, `--fetch-first`).
     upfront: Option<std::vec::IntoIter<Item>>,
-    injection: Option<(Layer, Verified)>,
+    injection: Option<Ready>,
     stop: Arc<AtomicBool>,
     workers: Vec<std::thread::JoinHandle<()>>,
     streaming: bool,
     compressed: u64,
     known_uncompressed: u64,
+    /// Every layer was verified in full before the build: `known_uncompressed` is exact.
+    exact: bool,
 }
 
 impl Layers {
-    /// Starts fetching and verifying. Unless the source is remote and `fetch_first` is false,
-    /// waits until every layer is verified (and fails on the first bad one).
+    /// Starts fetching and checking. Unless the source is remote and `fetch_first` is false,
+    /// waits until every layer is checked (and fails on the first bad one); with
+    /// `fetch_first`, verified in full.
     pub fn start(
         src: Arc<dyn Source>,
         image: &Image,
@@ -82,6 +104,9 @@ impl Layers {
         let stop = Arc::new(AtomicBool::new(false));
         let cursor = Arc::new(AtomicUsize::new(0));
         let mut workers = Vec::new();
+        // Registry downloads are verified in full as they arrive; what is read from a disk
+        // (local sources, the cache) has its blob checked here and the rest as it ships.
+        let full = fetch_first;
         for _ in 0..PARALLEL.min(n.max(1)) {
             let (src, layers, tx, stop, cursor) =
                 (src.clone(), layers.clone(), tx.clone(), stop.clone(), cursor.clone());
@@ -95,9 +120,11 @@ impl Layers {
                 let l = &layers[i];
                 let label = format!("layer {} of {} ({})", i + 1, layers.len(), l.digest.short());
                 let what = format!("{name} layer {} of {} ({})", i + 1, layers.len(), l.digest);
-                let r = prepare(&*src, l, &label, &what, limit);
-                if r.is_ok() {
-                    progress.line(format!("verified {label}"));
+                let r = prepare(&*src, l, &label, &what, limit, full);
+                match &r {
+                    Ok(Checked::Full(_)) => progress.line(format!("verified {label}")),
+                    Ok(Checked::Blob { .. }) => progress.line(format!("checked {label}")),
+                    Err(_) => {}
                 }
                 if tx.send((i, r)).is_err() {
                     return;
@@ -108,7 +135,7 @@ impl Layers {
             Some(l) => {
                 let mut unbounded = u64::MAX;
                 let v = verify::verify(&l, "injected files", &mut unbounded, u64::MAX)?;
-                Some((l, v))
+                Some(Ready { layer: l, checked: Checked::Full(v), what: "injected files".into() })
             }
             None => None,
         };
@@ -127,6 +154,7 @@ impl Layers {
             workers,
             streaming: src.remote() && !fetch_first,
             known_uncompressed: 0,
+            exact: false,
         };
         if !me.streaming {
             let mut all = Vec::with_capacity(n);
@@ -137,15 +165,26 @@ impl Layers {
                     None => break,
                 }
             }
-            me.known_uncompressed =
-                all.iter().map(|x: &Item| x.as_ref().map_or(0, |(_, v)| v.uncompressed)).sum();
+            me.exact = all.iter().all(|x| matches!(x, Ok(Ready { checked: Checked::Full(_), .. })));
+            me.known_uncompressed = all
+                .iter()
+                .map(|x: &Item| match x {
+                    Ok(Ready { checked: Checked::Full(v), .. }) => v.uncompressed,
+                    Ok(Ready { checked: Checked::Blob { declared, .. }, layer, .. }) => {
+                        declared.unwrap_or_else(|| estimate(layer.blob.len(), limit))
+                    }
+                    Err(_) => 0,
+                })
+                .fold(0u64, u64::saturating_add)
+                .min(limit);
             me.upfront = Some(all.into_iter());
         }
         Ok(me)
     }
 
-    /// Uncompressed bytes the scratch file must hold: exact when verified up front, else an
-    /// upper bound (see [`estimate`]).
+    /// Uncompressed bytes the scratch file must hold: exact when verified up front in full,
+    /// what the blobs declare when their blobs were checked up front, else an upper bound (see
+    /// [`estimate`]).
     pub fn scratch_basis(&self) -> u64 {
         if self.streaming {
             estimate(self.compressed, self.limit)
@@ -154,7 +193,13 @@ impl Layers {
         }
     }
 
-    /// The expected content size, for the journal: exact, or 4 × the compressed bytes.
+    /// Whether [`Layers::scratch_basis`] is exact (every layer verified in full up front).
+    pub fn exact(&self) -> bool {
+        self.exact
+    }
+
+    /// The expected content size, for the journal: exact or declared, or 4 × the compressed
+    /// bytes.
     pub fn content_hint(&self) -> u64 {
         if self.streaming {
             self.compressed.saturating_mul(4).min(self.limit)
@@ -187,21 +232,26 @@ impl Layers {
         };
         self.next += 1;
         let l = self.image_layers[i].clone();
-        let r = r.and_then(|v| {
-            self.charged = self.charged.saturating_add(v.uncompressed);
-            if self.charged > self.limit {
-                return Err(SourceError::Limit {
-                    what: format!("{} layer {} ({})", self.what, i + 1, l.digest),
-                    limit: self.limit,
-                });
+        let what =
+            format!("{} layer {} of {} ({})", self.what, i + 1, self.image_layers.len(), l.digest);
+        let r = r.and_then(|c| {
+            // A layer checked by its blob only is charged as it ships.
+            if let Checked::Full(v) = &c {
+                self.charged = self.charged.saturating_add(v.uncompressed);
+                if self.charged > self.limit {
+                    return Err(SourceError::Limit {
+                        what: format!("{} layer {} ({})", self.what, i + 1, l.digest),
+                        limit: self.limit,
+                    });
+                }
             }
-            Ok(v)
+            Ok(c)
         });
         if r.is_err() {
             self.stop.store(true, Ordering::SeqCst);
             self.next = self.image_layers.len();
         }
-        Some(r.map(|v| (l, v)))
+        Some(r.map(|checked| Ready { layer: l, checked, what }))
     }
 }
 
@@ -252,6 +302,7 @@ mod tests {
     use super::*;
     use crate::digest::Digest;
     use crate::source::spec::{Compression, PlatformSpec};
+    use crate::source::verify::Verified;
     use crate::source::{BlobLocation, CompressionHint};
     use std::io::Write;
     use std::sync::Mutex;
@@ -263,6 +314,10 @@ mod tests {
         blobs: Vec<Vec<u8>>,
         fetches: Mutex<Vec<usize>>,
         corrupt_first: bool,
+        /// Verifies in full as it "downloads", as the registry does for gzip and plain blobs.
+        inline: bool,
+        /// A registry (streams) or a local source (checked up front).
+        remote: bool,
     }
 
     impl Fake {
@@ -302,13 +357,17 @@ mod tests {
                 .unwrap()
                 .write_all(&bytes)
                 .unwrap();
-            Ok(None)
+            Ok(self.inline.then(|| Verified {
+                compression: Compression::None,
+                uncompressed: bytes.len() as u64,
+                diff_id: Digest::of(&bytes),
+            }))
         }
         fn discard(&self, _: &Layer) -> bool {
             true
         }
         fn remote(&self) -> bool {
-            true
+            self.remote
         }
     }
 
@@ -319,6 +378,8 @@ mod tests {
             blobs,
             fetches: Mutex::new(Vec::new()),
             corrupt_first,
+            inline: false,
+            remote: true,
         })
     }
 
@@ -330,7 +391,7 @@ mod tests {
         let got: Vec<Item> = Layers::start(src, &image, None, 1 << 20, false, &Progress::default())
             .unwrap()
             .collect();
-        let digests: Vec<Digest> = got.into_iter().map(|x| x.unwrap().0.digest).collect();
+        let digests: Vec<Digest> = got.into_iter().map(|x| x.unwrap().layer.digest).collect();
         let want: Vec<Digest> = image.layers.iter().map(|l| l.digest.clone()).collect();
         assert_eq!(digests, want);
         let fetches = f.fetches.lock().unwrap();
@@ -347,7 +408,10 @@ mod tests {
 
     #[test]
     fn the_budget_is_charged_in_order() {
-        let f = fake(false);
+        let mut f = fake(false);
+        if let Some(f) = Arc::get_mut(&mut f) {
+            f.inline = true;
+        }
         let image = f.resolve(&PlatformSpec::parse("linux/amd64").unwrap()).unwrap();
         let src: Arc<dyn Source> = f.clone();
         let got: Vec<Item> =
@@ -358,6 +422,35 @@ mod tests {
         assert!(matches!(got[2], Err(SourceError::Limit { .. })), "{:?}", got[2]);
         assert_eq!(got.len(), 3, "nothing after the error");
         // Verified up front, the same limit fails before anything is handed out.
+        assert!(matches!(
+            Layers::start(src, &image, None, 2500, true, &Progress::default()),
+            Err(SourceError::Limit { .. })
+        ));
+    }
+
+    /// A local source: blobs checked up front without decompressing, sized from what they
+    /// declare, nothing charged until they ship (see `job::tests`).
+    #[test]
+    fn local_blobs_are_checked_up_front_and_sized_from_what_they_declare() {
+        let mut f = fake(false);
+        if let Some(f) = Arc::get_mut(&mut f) {
+            f.remote = false;
+        }
+        let image = f.resolve(&PlatformSpec::parse("linux/amd64").unwrap()).unwrap();
+        let src: Arc<dyn Source> = f.clone();
+        let total: u64 = image.layers.iter().map(|l| l.blob.len()).sum();
+        let layers = Layers::start(src.clone(), &image, None, 2500, false, &Progress::default())
+            .expect("no layer is charged before it ships");
+        assert!(!layers.exact());
+        assert_eq!(layers.scratch_basis(), 2500, "what they declare ({total}), at most the limit");
+        let got: Vec<Item> = layers.collect();
+        assert_eq!(got.len(), 5);
+        assert!(got.iter().all(|x| matches!(x, Ok(Ready { checked: Checked::Blob { .. }, .. }))));
+        // --fetch-first: verified in full, exact, and over the limit before anything ships.
+        let layers = Layers::start(src.clone(), &image, None, 1 << 20, true, &Progress::default());
+        let layers = layers.expect("verified");
+        assert!(layers.exact());
+        assert_eq!(layers.scratch_basis(), total);
         assert!(matches!(
             Layers::start(src, &image, None, 2500, true, &Progress::default()),
             Err(SourceError::Limit { .. })

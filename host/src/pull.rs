@@ -72,7 +72,8 @@ pub fn run(args: &Request) -> Result<Report> {
     }
     let plan = &decision.plan;
 
-    // Fetch and verify: all up front for local sources; streamed for registries (see pipeline).
+    // Fetch and check: blobs up front for local sources (the rest as they ship), everything
+    // up front with --fetch-first; streamed for registries (see pipeline).
     let t = Instant::now();
     let injection = inject::layer(!args.no_default_assets, args.inject.as_deref())?;
     let injected = injection.is_some();
@@ -143,6 +144,17 @@ pub fn run(args: &Request) -> Result<Report> {
             // A full output filesystem shows in the worker as an I/O error: say what it is.
             if let Some(full) = out.no_space(needed_estimate) {
                 return Err(anyhow::Error::new(e).context(full))
+                    .with_context(|| format!("building {what}"));
+            }
+            // The scratch filesystem itself filled: it was sized from an estimate.
+            if !layers.exact() && scratch_full(&e) {
+                let why = format!(
+                    "the {} scratch filesystem was sized from what the layers declare (or, for \
+                     a registry pull, from their compressed size) and the content did not fit; \
+                     --fetch-first verifies every layer before the build and sizes it exactly",
+                    human(scratch_bytes)
+                );
+                return Err(anyhow::Error::new(e).context(why))
                     .with_context(|| format!("building {what}"));
             }
             let e = match reason {
@@ -221,6 +233,14 @@ pub fn run(args: &Request) -> Result<Report> {
             total: started.elapsed().as_millis() as u64,
         },
     })
+}
+
+/// Whether the worker failed because its filesystem ran out of space.
+fn scratch_full(e: &job::JobError) -> bool {
+    match e {
+        job::JobError::Remote(r) => r.causes.iter().any(|c| c.contains("No space left on device")),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::text;
 
 /// Bumped on any incompatible change to frames or messages.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Hello {
@@ -266,8 +266,9 @@ pub enum Control {
     Job(JobSpec),
     /// host → worker: data frames of layer `index`'s uncompressed tar follow.
     LayerBegin { index: u32 },
-    /// host → worker: layer `index` is complete; `sha256` is over the bytes shipped.
-    LayerEnd { index: u32, bytes: u64, sha256: String },
+    /// host → worker: layer `index` is complete: `bytes` were shipped, and the host checked
+    /// their diff_id before sending this.
+    LayerEnd { index: u32, bytes: u64 },
     /// host → worker: all layers shipped; finish the filesystem.
     Finish,
     /// host → worker: stop now, the job failed on the host side.

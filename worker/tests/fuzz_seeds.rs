@@ -83,7 +83,7 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
             })),
         ),
         ("layer-begin", one(Control::LayerBegin { index: 0 })),
-        ("layer-end", one(Control::LayerEnd { index: 0, bytes: 1024, sha256: "00".repeat(32) })),
+        ("layer-end", one(Control::LayerEnd { index: 0, bytes: 1024 })),
         ("finish", one(Control::Finish)),
         ("abort", one(Control::Abort { reason: "interrupted".into() })),
         ("progress", one(Control::Progress { phase: Phase::Apply, layer: Some(0) })),
@@ -101,10 +101,7 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
             )
             .into_iter()
             .chain(frames(
-                &[
-                    Control::LayerEnd { index: 0, bytes: layer.len() as u64, sha256: "0".into() },
-                    Control::Finish,
-                ],
+                &[Control::LayerEnd { index: 0, bytes: layer.len() as u64 }, Control::Finish],
                 &[],
             ))
             .collect(),

@@ -12,9 +12,10 @@ use rootbox_proto::{
 
 use super::{run, Bounds, JobError, Outcome, MESSAGES_MAX, NOTE_MAX, WARNINGS_MAX};
 use crate::digest::Digest;
+use crate::pipeline::Ready;
 use crate::sandbox::Running;
 use crate::source::spec::Compression;
-use crate::source::verify::Verified;
+use crate::source::verify::{Checked, Verified};
 use crate::source::{BlobLocation, CompressionHint, Layer, SourceError};
 
 struct Fake {
@@ -65,7 +66,17 @@ fn done(size_bytes: u64, used_bytes: u64) -> Control {
 
 /// Runs a job against a worker that does `script` after the handshake.
 fn job_with(
-    layers: Vec<(Layer, Verified)>,
+    layers: Vec<Ready>,
+    timeout: Option<Duration>,
+    script: impl FnOnce(&mut Reader<UnixStream>, &mut Writer<UnixStream>) + Send + 'static,
+) -> Result<Outcome, JobError> {
+    job_for(spec(), layers, timeout, script)
+}
+
+/// [`job_with`] for the job `spec`.
+fn job_for(
+    spec: JobSpec,
+    layers: Vec<Ready>,
     timeout: Option<Duration>,
     script: impl FnOnce(&mut Reader<UnixStream>, &mut Writer<UnixStream>) + Send + 'static,
 ) -> Result<Outcome, JobError> {
@@ -83,7 +94,7 @@ fn job_with(
     let mut fake = Fake { host };
     let mut it = layers.into_iter().map(Ok::<_, SourceError>);
     let bounds = Bounds { scratch_bytes: 1 << 30, timeout, output_full: None };
-    run(&mut fake, &mut it, spec(), bounds, &mut |_| {})
+    run(&mut fake, &mut it, spec, bounds, &mut |_| {})
 }
 
 fn until_finish(rd: &mut Reader<UnixStream>) {
@@ -184,7 +195,8 @@ fn a_worker_that_stops_reading_cannot_hold_a_write() {
         diff_id: Digest::of(&data),
     };
     let start = Instant::now();
-    let r = job_with(vec![(layer, v)], Some(Duration::from_millis(800)), |_, _| {
+    let ready = Ready { layer, checked: Checked::Full(v), what: "the layer".into() };
+    let r = job_with(vec![ready], Some(Duration::from_millis(800)), |_, _| {
         std::thread::sleep(Duration::from_secs(6));
     });
     assert!(matches!(r, Err(JobError::Timeout(_))), "{:?}", r.err());
@@ -216,4 +228,95 @@ fn garbage_is_a_lost_worker_not_a_crash() {
         let _ = wr.send_data(b"not a control frame");
     });
     assert!(matches!(r, Err(JobError::Lost { .. })), "{:?}", r.err());
+}
+
+/// A one-layer job: `data` as an uncompressed layer whose config says `diff_id`, checked
+/// before the build by its blob only (as a local source's layers are).
+fn blob_checked(dir: &tempfile::TempDir, data: &[u8], diff_id: Digest) -> Ready {
+    let path = dir.path().join("layer");
+    std::fs::write(&path, data).expect("write");
+    let layer = Layer {
+        digest: Digest::of(data),
+        verify_digest: true,
+        diff_id: Some(diff_id),
+        compression: CompressionHint::Known(Compression::None),
+        blob: BlobLocation::File { path, offset: 0, len: data.len() as u64 },
+    };
+    let checked = Checked::Blob { compression: Compression::None, declared: Some(0) };
+    Ready { layer, checked, what: "img layer 1 of 1".into() }
+}
+
+/// What the fake worker saw of the layer: its data bytes, and whether `layer_end` came.
+type Seen = std::sync::Arc<std::sync::Mutex<(u64, bool)>>;
+
+fn watching(seen: Seen) -> impl FnOnce(&mut Reader<UnixStream>, &mut Writer<UnixStream>) {
+    move |rd, _| loop {
+        match rd.read_frame() {
+            Ok(rootbox_proto::Frame::Data(n)) => seen.lock().expect("lock").0 += n as u64,
+            Ok(rootbox_proto::Frame::Control(Control::LayerEnd { .. })) => {
+                seen.lock().expect("lock").1 = true
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn one_layer_spec(max_total_bytes: u64) -> JobSpec {
+    let mut s = spec();
+    s.layers = vec![rootbox_proto::LayerSpec { digest: "sha256:x".into() }];
+    s.limits.max_total_bytes = max_total_bytes;
+    s
+}
+
+#[test]
+fn a_layer_whose_diff_id_does_not_match_ends_the_job_before_its_layer_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = vec![5u8; 3 << 20];
+    let ready = blob_checked(&dir, &data, Digest::of(b"something else"));
+    let seen = Seen::default();
+    let r = job_for(one_layer_spec(1 << 30), vec![ready], None, watching(seen.clone()));
+    match r {
+        Err(JobError::Source { index: 1, source: SourceError::DiffIdMismatch { actual, .. } }) => {
+            assert_eq!(actual, Digest::of(&data))
+        }
+        other => panic!("expected a diff_id mismatch, got {:?}", other.err()),
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let (bytes, ended) = *seen.lock().expect("lock");
+    assert!(!ended, "layer_end was sent for a layer that failed its diff_id");
+    assert!(bytes <= data.len() as u64);
+}
+
+#[test]
+fn a_layer_over_the_uncompressed_budget_stops_shipping_at_the_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = vec![6u8; 4 << 20];
+    let ready = blob_checked(&dir, &data, Digest::of(&data));
+    let seen = Seen::default();
+    let r = job_for(one_layer_spec(1 << 20), vec![ready], None, watching(seen.clone()));
+    assert!(
+        matches!(r, Err(JobError::Source { index: 1, source: SourceError::Limit { limit, .. } }) if limit == 1 << 20),
+        "{:?}",
+        r.err()
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let (bytes, ended) = *seen.lock().expect("lock");
+    assert!(!ended);
+    assert!(bytes <= 1 << 20, "{bytes} bytes shipped past a 1 MiB budget");
+}
+
+#[test]
+fn a_layer_checked_by_its_blob_ships_and_reports_its_diff_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = vec![8u8; 1 << 20];
+    let ready = blob_checked(&dir, &data, Digest::of(&data));
+    let r = job_for(one_layer_spec(1 << 30), vec![ready], None, |rd, wr| {
+        until_finish(rd);
+        let _ = wr.send(&done(1 << 20, 1 << 19));
+    });
+    let o = r.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(o.shipped.len(), 1);
+    assert_eq!(o.shipped[0].diff_id, Digest::of(&data));
+    assert_eq!(o.shipped[0].uncompressed, data.len() as u64);
 }

@@ -1,5 +1,7 @@
-//! Layer bytes verified in one pass (blob digest, size, diff_id, bounds) before anything is
-//! shipped (`crate::ship` decompresses them again and streams them to the worker). The host
+//! Layer bytes verified: the blob's digest and size before anything is shipped, and the
+//! uncompressed bytes (diff_id, `--max-uncompressed`) as they pass on their way to the worker
+//! ([`Unpacking`], driven by `crate::ship`), so each byte is decompressed once. [`verify`]
+//! does it all in one pass up front, for `--fetch-first` and the injected files. The host
 //! never parses layer content; it only hashes, counts and decompresses bytes.
 
 use std::io::{self, Read};
@@ -17,6 +19,26 @@ pub struct Verified {
     pub compression: Compression,
     pub uncompressed: u64,
     pub diff_id: Digest,
+}
+
+/// How far a layer was checked before it ships.
+#[derive(Debug, Clone)]
+pub enum Checked {
+    /// Everything ([`verify`], or a registry download verified as it arrived).
+    Full(Verified),
+    /// The blob's digest and size ([`check_blob`]): its diff_id and uncompressed size are
+    /// checked as it ships. `declared` is what the blob says its uncompressed size is (the
+    /// gzip trailer, the zstd frame header), a hint for sizing only.
+    Blob { compression: Compression, declared: Option<u64> },
+}
+
+impl Checked {
+    pub fn compression(&self) -> Compression {
+        match self {
+            Self::Full(v) => v.compression,
+            Self::Blob { compression, .. } => *compression,
+        }
+    }
 }
 
 struct Hashing<R> {
@@ -133,6 +155,160 @@ pub fn verify(
     Ok(Verified { compression: comp, uncompressed: total, diff_id })
 }
 
+/// Checks the blob's digest and size in one read of its compressed bytes (no decompression),
+/// and notes the uncompressed size it declares.
+pub fn check_blob(layer: &Layer, what: &str) -> Result<Checked, SourceError> {
+    let io_err = |source| SourceError::Io { what: what.into(), path: blob_path(layer), source };
+    let compression = compression(layer).map_err(io_err)?;
+    let mut raw = layer.blob.open().map_err(io_err)?;
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    let mut head = Vec::with_capacity(HEAD);
+    let mut tail = [0u8; 4];
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match raw.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(e)),
+        };
+        let b = &buf[..n];
+        hasher.update(b);
+        bytes += n as u64;
+        if head.len() < HEAD {
+            head.extend_from_slice(&b[..b.len().min(HEAD - head.len())]);
+        }
+        if n >= 4 {
+            tail.copy_from_slice(&b[n - 4..]);
+        } else {
+            tail.rotate_left(n);
+            tail[4 - n..].copy_from_slice(b);
+        }
+    }
+    let digest = Digest::from_sha256(hasher);
+    if layer.verify_digest && digest != layer.digest {
+        return Err(SourceError::DigestMismatch {
+            what: what.into(),
+            expected: layer.digest.clone(),
+            actual: digest,
+        });
+    }
+    if bytes != layer.blob.len() {
+        return Err(SourceError::SizeMismatch {
+            what: what.into(),
+            expected: layer.blob.len(),
+            actual: bytes,
+        });
+    }
+    let declared = match compression {
+        Compression::None => Some(bytes),
+        Compression::Gzip => Some(gzip_declared(u32::from_le_bytes(tail), bytes)),
+        Compression::Zstd => zstd::zstd_safe::get_frame_content_size(&head).ok().flatten(),
+    };
+    Ok(Checked::Blob { compression, declared })
+}
+
+/// Bytes of a blob's start kept for its zstd frame header.
+const HEAD: usize = 18;
+
+/// The uncompressed size a gzip blob of `compressed` bytes declares: its trailer holds it
+/// modulo 2^32, so the smallest value with that remainder that is at least the compressed
+/// size (deflate never shrinks data below that).
+fn gzip_declared(isize: u32, compressed: u64) -> u64 {
+    let mut n = u64::from(isize);
+    while n < compressed {
+        n += 1 << 32;
+    }
+    n
+}
+
+/// A layer's uncompressed bytes as they are read, hashed for the diff_id and counted against
+/// the uncompressed budget; [`Unpacking::finish`] compares them with what the config says.
+pub struct Unpacking<'a> {
+    dec: Box<dyn Read + Send + 'a>,
+    compression: Compression,
+    /// None when the layer was verified in full already: only its length is checked again.
+    hasher: Option<Sha256>,
+    bytes: u64,
+    budget: u64,
+    limit: u64,
+}
+
+impl<'a> Unpacking<'a> {
+    /// Opens the layer's blob; `budget` uncompressed bytes may pass (of `limit` in all).
+    pub fn open(layer: &'a Layer, checked: &Checked, budget: u64, limit: u64) -> io::Result<Self> {
+        let compression = checked.compression();
+        let dec = decoder(compression, layer.blob.open()?)?;
+        let hasher = match checked {
+            Checked::Full(_) => None,
+            Checked::Blob { .. } => Some(Sha256::new()),
+        };
+        Ok(Self { dec, compression, hasher, bytes: 0, budget, limit })
+    }
+
+    /// Reads the next bytes into `buf`; `Ok(0)` at the end. An `io::Error` wrapping
+    /// [`LimitHit`] when the budget runs out.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = loop {
+            match self.dec.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        self.bytes += n as u64;
+        if self.bytes > self.budget {
+            return Err(io::Error::other(LimitHit));
+        }
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+
+    /// What the bytes read amount to: checked against the layer's diff_id, or (verified in
+    /// full before) against what that verification counted.
+    pub fn finish(
+        self,
+        layer: &Layer,
+        checked: &Checked,
+        what: &str,
+    ) -> Result<Verified, SourceError> {
+        let Some(hasher) = self.hasher else {
+            return match checked {
+                Checked::Full(v) if v.uncompressed == self.bytes => Ok(v.clone()),
+                Checked::Full(v) => Err(SourceError::SizeMismatch {
+                    what: format!("{what}, uncompressed (it changed since it was verified)"),
+                    expected: v.uncompressed,
+                    actual: self.bytes,
+                }),
+                Checked::Blob { .. } => Err(SourceError::Invalid(format!(
+                    "{what}: shipped without its diff_id computed"
+                ))),
+            };
+        };
+        let diff_id = Digest::from_sha256(hasher);
+        if let Some(expected) = &layer.diff_id {
+            if *expected != diff_id {
+                return Err(SourceError::DiffIdMismatch {
+                    what: what.into(),
+                    expected: expected.clone(),
+                    actual: diff_id,
+                });
+            }
+        }
+        Ok(Verified { compression: self.compression, uncompressed: self.bytes, diff_id })
+    }
+
+    /// The error a failed read means for the layer `what`.
+    pub fn error(&self, e: io::Error, what: &str) -> SourceError {
+        if e.get_ref().is_some_and(|i| i.is::<LimitHit>()) {
+            return SourceError::Limit { what: what.into(), limit: self.limit };
+        }
+        SourceError::Decompress { what: what.into(), source: e }
+    }
+}
+
 #[derive(Debug)]
 struct LimitHit;
 
@@ -150,5 +326,71 @@ fn blob_path(layer: &Layer) -> std::path::PathBuf {
             path.clone()
         }
         super::BlobLocation::Spooled { .. } => "<stdin>".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::BlobLocation;
+    use std::io::Write as _;
+
+    fn layer(dir: &tempfile::TempDir, blob: &[u8], c: Compression) -> Layer {
+        let path = dir.path().join("blob");
+        std::fs::write(&path, blob).unwrap();
+        Layer {
+            digest: Digest::of(blob),
+            verify_digest: true,
+            diff_id: None,
+            compression: CompressionHint::Known(c),
+            blob: BlobLocation::File { path, offset: 0, len: blob.len() as u64 },
+        }
+    }
+
+    fn declared(blob: &[u8], c: Compression) -> Option<u64> {
+        let dir = tempfile::tempdir().unwrap();
+        match check_blob(&layer(&dir, blob, c), "the layer") {
+            Ok(Checked::Blob { declared, .. }) => declared,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn blobs_declare_their_uncompressed_size() {
+        let data: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&data).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(declared(&gz, Compression::Gzip), Some(data.len() as u64));
+        assert_eq!(declared(&data, Compression::None), Some(data.len() as u64));
+        let framed = zstd::bulk::compress(&data, 3).unwrap();
+        assert_eq!(declared(&framed, Compression::Zstd), Some(data.len() as u64));
+        // A streamed zstd frame does not say.
+        let streamed = zstd::stream::encode_all(&data[..], 3).unwrap();
+        assert_eq!(declared(&streamed, Compression::Zstd), None);
+    }
+
+    #[test]
+    fn the_gzip_trailer_is_read_modulo_4_gib() {
+        assert_eq!(gzip_declared(100, 50), 100);
+        assert_eq!(gzip_declared(5, 6), 5 + (1 << 32));
+        assert_eq!(gzip_declared(5, 1 << 33), 5 + (1 << 33));
+    }
+
+    #[test]
+    fn a_blob_is_checked_by_digest_and_size_without_decompressing() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not gzip at all: only its digest and size are checked here.
+        let mut l = layer(&dir, b"not gzip", Compression::Gzip);
+        assert!(check_blob(&l, "the layer").is_ok());
+        l.digest = Digest::of(b"other");
+        assert!(matches!(check_blob(&l, "the layer"), Err(SourceError::DigestMismatch { .. })));
+        let mut l = layer(&dir, b"not gzip", Compression::Gzip);
+        // The manifest says 100 bytes: the file holds fewer.
+        if let BlobLocation::File { len, .. } = &mut l.blob {
+            *len = 100;
+        }
+        l.verify_digest = false;
+        assert!(matches!(check_blob(&l, "the layer"), Err(SourceError::SizeMismatch { .. })));
     }
 }
