@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::Path;
 
 use rootbox_tests::digest::sha256_hex;
-use rootbox_tests::layer::{self, Entry as E, LayerBuilder};
+use rootbox_tests::layer::{self, Entry as E};
 use rootbox_tests::model::Model;
 use rootbox_tests::oci::{Compression, DockerLayout, Fault, Image, LayerSpec, Written};
 use rootbox_tests::run::{
@@ -20,19 +20,7 @@ use rootbox_tests::scene::Scene;
 use rootbox_tests::tree::{assert_same, Kind, Node, Tree};
 use rootbox_tests::{require_root, snapshot, Env};
 
-fn layer(entries: Vec<E>) -> Vec<u8> {
-    LayerBuilder::new().extend(entries).finish()
-}
-
-fn write_oci(scene: &Scene, layers: Vec<LayerSpec>) -> (String, Written) {
-    let dir = scene.input.join("oci");
-    let w = Image::new(layers).write_oci(&dir, None).expect("write OCI layout");
-    (format!("oci:{}", dir.display()), w)
-}
-
-fn oci_of(scene: &Scene, tars: Vec<Vec<u8>>) -> String {
-    write_oci(scene, tars.into_iter().map(|t| LayerSpec::new(t, Compression::Gzip)).collect()).0
-}
+use crate::util::{layer, oci_of, write_oci};
 
 /// Runs a pull that must be refused with one of `codes`, and checks nothing was left or touched.
 fn refused(

@@ -14,4 +14,5 @@ mod hostile;
 mod inject;
 mod leftovers;
 mod registry;
+mod util;
 mod vm;

@@ -25,6 +25,8 @@ use rootbox_tests::run::{
 use rootbox_tests::tree::{assert_same, Tree};
 use rootbox_tests::{require_root, snapshot, Env};
 
+use crate::util::check_image;
+
 /// Root, the registry tools, a temp dir with a private cache.
 struct Ctx {
     env: Env,
@@ -130,12 +132,6 @@ fn push(ctx: &Ctx, reg: &Registry, image: &Image, name: &str, dest: &str) -> Wri
     let w = image.write_oci(&layout, Some("t")).expect("write OCI layout");
     reg.push(&layout, "t", dest, false);
     w
-}
-
-fn check_image(what: &str, out: &Path, expected: &Tree) {
-    expect_fsck_clean(out);
-    let actual = snapshot::of_image(out).expect("snapshot of the built image");
-    assert_same(what, expected, &actual);
 }
 
 fn blob_files(cache: &Path) -> Vec<String> {
