@@ -13,14 +13,16 @@ use rootbox_tests::layer::{Entry, LayerBuilder};
 use rootbox_tests::model::Model;
 use rootbox_tests::oci::{self, Compression, DockerLayout, Image, LayerSpec, Written};
 use rootbox_tests::run::{
-    doctor_json, expect_dir_holds, expect_failure, expect_fsck_clean, expect_success, file_sha256,
-    json_strings, json_summary, sandbox_line, sandbox_lines, text_summary, Outcome,
+    doctor_json, expect_dir_holds, expect_failure, expect_success, file_sha256, json_strings,
+    json_summary, sandbox_line, sandbox_lines, text_summary, Outcome,
 };
 use rootbox_tests::tree::{assert_same, Tree};
-use rootbox_tests::{require_root, snapshot, Env};
+use rootbox_tests::{require_root, Env};
+
+use crate::util::{self, check_image, fresh, handmade_flat_tar};
 
 fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("rootbox-e2e-").tempdir().expect("tempdir")
+    util::tempdir("rootbox-e2e-")
 }
 
 /// What the `--json` object must say beyond the universal fields.
@@ -95,13 +97,6 @@ fn check_text(o: &Outcome, out: &Path) {
     assert_eq!(size, fs::metadata(out).expect("output").len(), "printed size:\n{}", o.describe());
 }
 
-/// fsck, mount, snapshot, compare.
-fn check_image(what: &str, out: &Path, expected: &Tree) {
-    expect_fsck_clean(out);
-    let actual = snapshot::of_image(out).expect("snapshot of the built image");
-    assert_same(what, expected, &actual);
-}
-
 fn pull_ok(
     env: &Env,
     source: &str,
@@ -116,12 +111,6 @@ fn pull_ok(
     o
 }
 
-fn fresh_out(tmp: &Path, name: &str) -> PathBuf {
-    let d = tmp.join(name);
-    fs::create_dir(&d).expect("mkdir out");
-    d
-}
-
 #[test]
 fn handmade_oci_mixed_compression_json() {
     let env = require_root!();
@@ -134,7 +123,7 @@ fn handmade_oci_mixed_compression_json() {
     ]);
     let layout = tmp.path().join("oci");
     let w = image.write_oci(&layout, Some("hand")).expect("write OCI layout");
-    let out_dir = fresh_out(tmp.path(), "out");
+    let out_dir = fresh(tmp.path(), "out");
     let source = format!("oci:{}:hand", layout.display());
     let o = pull_ok(&env, &source, &out_dir, &["--json"], None);
     let out = out_dir.join("out.ext4");
@@ -162,7 +151,7 @@ fn handmade_oci_untagged_docker_media_type_text() {
     ]);
     let layout = tmp.path().join("oci");
     image.write_oci(&layout, None).expect("write OCI layout");
-    let out_dir = fresh_out(tmp.path(), "out");
+    let out_dir = fresh(tmp.path(), "out");
     let o = pull_ok(&env, &format!("oci:{}", layout.display()), &out_dir, &[], None);
     let out = out_dir.join("out.ext4");
     check_text(&o, &out);
@@ -183,7 +172,7 @@ fn pull_docker_archive(
     let image = Image::from_tars(tars, Compression::None);
     let archive = tmp.join("image.tar");
     let w = image.write_docker_archive(&archive, layout).expect("write docker archive");
-    let out_dir = fresh_out(tmp, "out");
+    let out_dir = fresh(tmp, "out");
     let source = format!("docker-archive:{}", archive.display());
     let o = pull_ok(env, &source, &out_dir, &["--json"], None);
     (o, out_dir.join("out.ext4"), w)
@@ -213,17 +202,13 @@ fn handmade_docker_archive_blobs_layout() {
     handmade_docker(DockerLayout::Blobs);
 }
 
-fn handmade_flat_tar() -> Vec<u8> {
-    Model::from_layers(&handmade::layers()).expect("model").to_tar()
-}
-
 #[test]
 fn handmade_rootfs_tar_file() {
     let env = require_root!();
     let tmp = tempdir();
     let flat = tmp.path().join("rootfs.tar");
     fs::write(&flat, handmade_flat_tar()).expect("write flat tar");
-    let out_dir = fresh_out(tmp.path(), "out");
+    let out_dir = fresh(tmp.path(), "out");
     let o = pull_ok(&env, &format!("rootfs-tar:{}", flat.display()), &out_dir, &["--json"], None);
     let out = out_dir.join("out.ext4");
     check_json(&o, &out, JsonWant { layers: None, diff_ids: None, sanitised: &[] });
@@ -234,7 +219,7 @@ fn handmade_rootfs_tar_file() {
 fn handmade_rootfs_tar_stdin() {
     let env = require_root!();
     let tmp = tempdir();
-    let out_dir = fresh_out(tmp.path(), "out");
+    let out_dir = fresh(tmp.path(), "out");
     let o = pull_ok(&env, "rootfs-tar:-", &out_dir, &[], Some(handmade_flat_tar()));
     let out = out_dir.join("out.ext4");
     check_text(&o, &out);
@@ -249,7 +234,7 @@ fn explicit_size_is_honoured() {
     Image::from_tars(&handmade::layers(), Compression::Gzip)
         .write_oci(&layout, None)
         .expect("write");
-    let out_dir = fresh_out(tmp.path(), "out");
+    let out_dir = fresh(tmp.path(), "out");
     let o = pull_ok(
         &env,
         &format!("oci:{}", layout.display()),
@@ -290,7 +275,7 @@ fn a_worker_image_without_kernel_runs_the_container_and_says_why() {
     let layout = tmp.path().join("oci");
     tiny_image("x\n").write_oci(&layout, None).expect("write");
     let source = format!("oci:{}", layout.display());
-    let out_dir = fresh_out(tmp.path(), "out");
+    let out_dir = fresh(tmp.path(), "out");
     let out = out_dir.join("out.ext4");
 
     let vm = env.pull(&source, &out, &["--isolation", "vm"]);
@@ -331,7 +316,7 @@ fn oci_tag_selects_the_manifest() {
     let (one, two) = (tiny_image("one\n"), tiny_image("two\n"));
     let w =
         oci::write_oci_multi(&layout, &[(&one, Some("one")), (&two, Some("two"))]).expect("write");
-    let out_dir = fresh_out(tmp.path(), "out");
+    let out_dir = fresh(tmp.path(), "out");
     let o = pull_ok(&env, &format!("oci:{}:two", layout.display()), &out_dir, &["--json"], None);
     let out = out_dir.join("out.ext4");
     check_json(
@@ -394,7 +379,7 @@ fn debian_minbase_oci() {
     ]);
     let layout = tmp.path().join("oci");
     let w: Written = image.write_oci(&layout, Some("bookworm")).expect("write");
-    let out_dir = fresh_out(tmp.path(), "out");
+    let out_dir = fresh(tmp.path(), "out");
     let source = format!("oci:{}:bookworm", layout.display());
     let o = pull_ok(&env, &source, &out_dir, &["--json"], None);
     let out = out_dir.join("out.ext4");
@@ -422,7 +407,7 @@ fn debian_minbase_rootfs_tar() {
     let env = require_root!();
     let d = debian(&env);
     let tmp = tempdir();
-    let out_dir = fresh_out(tmp.path(), "out");
+    let out_dir = fresh(tmp.path(), "out");
     let o =
         pull_ok(&env, &format!("rootfs-tar:{}", d.tar_path.display()), &out_dir, &["--json"], None);
     let out = out_dir.join("out.ext4");
@@ -437,7 +422,7 @@ fn usage_errors_exit_2() {
     let layout = tmp.path().join("oci");
     tiny_image("x\n").write_oci(&layout, None).expect("write");
     let source = format!("oci:{}", layout.display());
-    let out_dir = fresh_out(tmp.path(), "out");
+    let out_dir = fresh(tmp.path(), "out");
     let out = out_dir.join("out.ext4");
     let out_s = out.display().to_string();
     let cases: Vec<Vec<&str>> = vec![

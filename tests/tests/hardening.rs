@@ -19,11 +19,13 @@ use rootbox_tests::run::{expect_dir_holds, expect_failure, Outcome};
 use rootbox_tests::scene::Scene;
 use rootbox_tests::{require_root, require_vm, Env};
 
+use crate::util;
+
 const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_SYS_ADMIN: u32 = 21;
 
 fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("rootbox-hardening-").tempdir().expect("tempdir")
+    util::tempdir("rootbox-hardening-")
 }
 
 /// An OCI layout holding one layer with `size` bytes of data that does not compress (so

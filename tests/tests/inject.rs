@@ -20,11 +20,13 @@ use rootbox_tests::scene::Scene;
 use rootbox_tests::tree::{assert_same, Kind, Mtime, Node, Tree};
 use rootbox_tests::{require_root, snapshot, Env};
 
+use crate::util;
+
 /// The fixed time rootbox gives its default assets.
 const ASSET_MTIME: i64 = 1_700_000_000;
 
 fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("rootbox-inject-").tempdir().expect("tempdir")
+    util::tempdir("rootbox-inject-")
 }
 
 fn pull(env: &Env, source: &str, out: &Path, extra: &[&str], stdin: Option<Vec<u8>>) -> Outcome {
@@ -290,10 +292,8 @@ fn bundle_round_trip_from_stdin() {
 }
 
 fn handmade_flat(tmp: &tempfile::TempDir) -> PathBuf {
-    let flat =
-        rootbox_tests::model::Model::from_layers(&handmade::layers()).expect("model").to_tar();
     let p = tmp.path().join("hand.tar");
-    fs::write(&p, flat).expect("write");
+    fs::write(&p, util::handmade_flat_tar()).expect("write");
     p
 }
 

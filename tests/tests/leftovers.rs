@@ -14,14 +14,10 @@ use rootbox_tests::lifecycle::{
 use rootbox_tests::run::expect_dir_holds;
 use rootbox_tests::{require_root, require_vm, Env};
 
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("rootbox-leftovers-").tempdir().expect("tempdir")
-}
+use crate::util::{self, fresh};
 
-fn fresh(tmp: &Path, name: &str) -> PathBuf {
-    let d = tmp.join(name);
-    fs::create_dir(&d).expect("mkdir");
-    d
+fn tempdir() -> tempfile::TempDir {
+    util::tempdir("rootbox-leftovers-")
 }
 
 /// Loop devices whose backing file is under `dir` (a deleted O_TMPFILE still names it).

@@ -10,13 +10,13 @@
 //! /dev/vhost-vsock. Without them a test prints `SKIP: ...`, or fails under ROOTBOX_STRICT=1.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rootbox_tests::digest::sha256_hex;
 use rootbox_tests::fixture::{debian, handmade};
-use rootbox_tests::layer::{Entry as E, LayerBuilder};
+use rootbox_tests::layer::Entry as E;
 use rootbox_tests::lifecycle::{
     expect_nothing_left, finish, noise_tar, processes_mentioning, pull_args, spawn_rootbox,
     wait_for_line,
@@ -31,6 +31,8 @@ use rootbox_tests::scene::Scene;
 use rootbox_tests::tree::{assert_same, Kind, Tree};
 use rootbox_tests::{guard, require_vm, snapshot, Env};
 
+use crate::util::{self, fresh, layer, oci_of};
+
 // ---------------------------------------------------------------------------------------------
 // Guard
 // ---------------------------------------------------------------------------------------------
@@ -40,13 +42,7 @@ use rootbox_tests::{guard, require_vm, snapshot, Env};
 // ---------------------------------------------------------------------------------------------
 
 fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("rootbox-vm-test-").tempdir().expect("tempdir")
-}
-
-fn fresh(tmp: &Path, name: &str) -> PathBuf {
-    let d = tmp.join(name);
-    fs::create_dir(&d).expect("mkdir");
-    d
+    util::tempdir("rootbox-vm-test-")
 }
 
 const VM: &[&str] = &["--isolation", "vm", "--json"];
@@ -161,18 +157,6 @@ fn debian_in_vm_matches_expectation_and_container() {
 // ---------------------------------------------------------------------------------------------
 // Hostile subset
 // ---------------------------------------------------------------------------------------------
-
-fn oci_of(scene: &Scene, tars: Vec<Vec<u8>>) -> String {
-    let dir = scene.input.join("oci");
-    Image::new(tars.into_iter().map(|t| LayerSpec::new(t, Compression::Gzip)).collect())
-        .write_oci(&dir, None)
-        .expect("write OCI layout");
-    format!("oci:{}", dir.display())
-}
-
-fn layer(entries: Vec<E>) -> Vec<u8> {
-    LayerBuilder::new().extend(entries).finish()
-}
 
 #[test]
 fn traversal_is_refused_in_vm() {
