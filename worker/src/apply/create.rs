@@ -76,7 +76,7 @@ impl<O: Ops> Applier<O> {
                     }
                 }
                 if !existing_dir {
-                    self.clear(&parent, name, path)?;
+                    self.clear_known(&parent, name, path, existing.as_ref())?;
                     rustix::fs::mkdirat(&*parent, name, Mode::from_raw_mode(0o700))
                         .map_err(sys(path, "creating directory"))?;
                 }
@@ -103,7 +103,7 @@ impl<O: Ops> Applier<O> {
                         ),
                     ));
                 }
-                self.clear(&parent, name, path)?;
+                self.clear_known(&parent, name, path, existing.as_ref())?;
                 let content = match &entry.sparse {
                     Some(segments) => Content::Sparse { size: entry.size, segments },
                     None => Content::Whole { size: entry.size },
@@ -127,7 +127,7 @@ impl<O: Ops> Applier<O> {
                         format!("a symlink target of {} bytes", target.len()),
                     ));
                 }
-                self.clear(&parent, name, path)?;
+                self.clear_known(&parent, name, path, existing.as_ref())?;
                 let at = Place { parent: &parent, name, path };
                 write::symlink(&mut self.ops, at, target, &meta, &mut self.report)?;
                 self.root.invalidate();

@@ -52,8 +52,20 @@ impl<O: Ops> Applier<O> {
         name: &OsStr,
         path: &ImagePath,
     ) -> Result<(), ApplyError> {
-        if let Some(st) = lstat_at(parent, name).map_err(sys(path, "inspecting existing entry"))? {
-            if is_dir(&st) {
+        let st = lstat_at(parent, name).map_err(sys(path, "inspecting existing entry"))?;
+        self.clear_known(parent, name, path, st.as_ref())
+    }
+
+    /// [`Self::clear`] when the caller has just looked: `existing` is what `parent/name` is.
+    pub(super) fn clear_known(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &ImagePath,
+        existing: Option<&rustix::fs::Stat>,
+    ) -> Result<(), ApplyError> {
+        if let Some(st) = existing {
+            if is_dir(st) {
                 self.forget_dir_times(path);
             }
             remove_all(parent, name).map_err(sys(path, "removing existing entry"))?;

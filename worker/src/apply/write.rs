@@ -108,8 +108,26 @@ pub fn set_meta_fd(
     path: &ImagePath,
     report: &mut Report,
 ) -> Result<(), ApplyError> {
+    set_meta(ops, fd, meta, existing, true, path, report)
+}
+
+/// Mode bits a chown clears (set-user-ID, set-group-ID) and the sticky bit: a mode holding
+/// none of them can be given at creation instead of by a chmod after the chown.
+const CHOWN_CLEARED: u32 = 0o7000;
+
+fn set_meta(
+    ops: &mut dyn Ops,
+    fd: &OwnedFd,
+    meta: &Meta,
+    existing: bool,
+    chmod: bool,
+    path: &ImagePath,
+    report: &mut Report,
+) -> Result<(), ApplyError> {
     ops.fchown(fd.as_fd(), meta.uid, meta.gid).map_err(sys(path, "chown"))?;
-    rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode)).map_err(sys(path, "chmod"))?;
+    if chmod {
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode)).map_err(sys(path, "chmod"))?;
+    }
     if existing {
         remove_other_xattrs(fd, meta, path)?;
     }
@@ -131,16 +149,22 @@ pub fn regular(
 ) -> Result<(), ApplyError> {
     let path = at.path;
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(at.parent, at.name, flags, Mode::from_raw_mode(0o600))
+    // The applier's umask is 0, and a file created read-only is still written through the
+    // descriptor that created it: a plain mode is given here, saving a chmod per file.
+    let plain = meta.mode & CHOWN_CLEARED == 0;
+    let create_mode = if plain { meta.mode & 0o777 } else { 0o600 };
+    let fd = rustix::fs::openat(at.parent, at.name, flags, Mode::from_raw_mode(create_mode))
         .map_err(sys(path, "creating file"))?;
     let file = File::from(fd);
     let (size, segments) = match content {
         Content::Whole { size } => (size, vec![Segment { offset: 0, len: size }]),
         Content::Sparse { size, segments } => (size, segments.to_vec()),
     };
+    // How far data was written: a last chunk of zeros is a hole the size must cover.
+    let mut end = 0;
     for s in &segments {
-        let written =
-            copy_sparse(&mut src.take(s.len), &file, s.offset, buf).map_err(|e| match e {
+        let (written, written_end) = copy_sparse(&mut src.take(s.len), &file, s.offset, buf)
+            .map_err(|e| match e {
                 Copy::Read(e) => ApplyError::Read(e),
                 Copy::Write(e) => {
                     ApplyError::Sys { path: path.to_string(), op: "writing file content", errno: e }
@@ -152,13 +176,16 @@ pub fn regular(
                 format!("{path}: tar stream ended inside the file's data"),
             )));
         }
+        end = end.max(written_end);
     }
-    file.set_len(size).map_err(|e| ApplyError::Sys {
-        path: path.to_string(),
-        op: "setting the file's size",
-        errno: e,
-    })?;
-    set_meta_fd(ops, &OwnedFd::from(file), meta, false, path, report)
+    if end != size {
+        file.set_len(size).map_err(|e| ApplyError::Sys {
+            path: path.to_string(),
+            op: "setting the file's size",
+            errno: e,
+        })?;
+    }
+    set_meta(ops, &OwnedFd::from(file), meta, false, !plain, path, report)
 }
 
 enum Copy {
@@ -166,17 +193,25 @@ enum Copy {
     Write(io::Error),
 }
 
-/// Copies `src` to `dst` at `start`, leaving all-zero chunks as holes. Returns bytes copied.
-fn copy_sparse(src: &mut impl Read, dst: &File, start: u64, buf: &mut [u8]) -> Result<u64, Copy> {
+/// Copies `src` to `dst` at `start`, leaving all-zero chunks as holes. Returns the bytes
+/// copied and the file offset up to which data was written (0 if none).
+fn copy_sparse(
+    src: &mut impl Read,
+    dst: &File,
+    start: u64,
+    buf: &mut [u8],
+) -> Result<(u64, u64), Copy> {
     let mut pos: u64 = 0;
+    let mut end: u64 = 0;
     loop {
         let n = read_full(src, buf).map_err(Copy::Read)?;
         if n == 0 {
-            return Ok(pos);
+            return Ok((pos, end));
         }
         let chunk = &buf[..n];
         if !is_zero(chunk) {
             dst.write_all_at(chunk, start + pos).map_err(Copy::Write)?;
+            end = start + pos + n as u64;
         }
         pos += n as u64;
     }
@@ -306,7 +341,8 @@ mod tests {
         data[100] = 7;
         let mut buf = vec![0u8; 64 * 1024];
         let n = copy_sparse(&mut data.as_slice(), &f, 1 << 30, &mut buf).ok();
-        assert_eq!(n, Some(1 << 20));
+        // Only the first 64 KiB chunk holds data: written up to its end.
+        assert_eq!(n, Some((1 << 20, (1 << 30) + (64 << 10))));
         f.set_len((1 << 30) + (2 << 20)).expect("len");
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(&p).expect("stat");
