@@ -114,7 +114,15 @@ def run(argv, env=None, cwd=None, stdout=None, stderr=None, timeout=None):
         if deadline is not None and time.monotonic() > deadline:
             os.kill(top, signal.SIGKILL)
             deadline = None
-        pid, st, ru = os.wait4(-1, WALL)
+        try:
+            pid, st, ru = os.wait4(-1, WALL)
+        except ChildProcessError:
+            # Every traced task is gone; `alive` named one whose exit was never reported to
+            # us (a thread whose tid an exec in another thread took over, or a task that died
+            # between its clone event and its first stop).
+            if rc is None:
+                raise RuntimeError(f"{argv[0]}: its tasks vanished before it exited")
+            break
         if os.WIFEXITED(st) or os.WIFSIGNALED(st):
             alive.discard(pid)
             if pid == top:
