@@ -54,6 +54,7 @@ pub fn ship<W: Write>(
             Err(e) => return Err(ShipError::Source(unpack.error(e, s.what))),
         };
         wr.send_data(&buf[..n]).map_err(ShipError::Send)?;
+        buf = unpack.hash(buf, n);
         sent += n as u64;
         if !between() {
             return Ok(None);

@@ -312,7 +312,13 @@ fn a_layer_checked_by_its_blob_ships_and_reports_its_diff_id() {
     let data = vec![8u8; 1 << 20];
     let ready = blob_checked(&dir, &data, Digest::of(&data));
     let r = job_for(one_layer_spec(1 << 30), vec![ready], None, |rd, wr| {
-        until_finish(rd);
+        // Data frames are not control messages: read frames up to finish.
+        loop {
+            match rd.read_frame() {
+                Ok(rootbox_proto::Frame::Control(Control::Finish)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
         let _ = wr.send(&done(1 << 20, 1 << 19));
     });
     let o = r.unwrap_or_else(|e| panic!("{e}"));

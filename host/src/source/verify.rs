@@ -5,6 +5,7 @@
 //! never parses layer content; it only hashes, counts and decompresses bytes.
 
 use std::io::{self, Read};
+use std::sync::mpsc;
 
 use flate2::read::MultiGzDecoder;
 use sha2::{Digest as _, Sha256};
@@ -229,7 +230,7 @@ pub struct Unpacking<'a> {
     dec: Box<dyn Read + Send + 'a>,
     compression: Compression,
     /// None when the layer was verified in full already: only its length is checked again.
-    hasher: Option<Sha256>,
+    hasher: Option<Background>,
     bytes: u64,
     budget: u64,
     limit: u64,
@@ -242,13 +243,14 @@ impl<'a> Unpacking<'a> {
         let dec = decoder(compression, layer.blob.open()?)?;
         let hasher = match checked {
             Checked::Full(_) => None,
-            Checked::Blob { .. } => Some(Sha256::new()),
+            Checked::Blob { .. } => Some(Background::start()),
         };
         Ok(Self { dec, compression, hasher, bytes: 0, budget, limit })
     }
 
     /// Reads the next bytes into `buf`; `Ok(0)` at the end. An `io::Error` wrapping
-    /// [`LimitHit`] when the budget runs out.
+    /// [`LimitHit`] when the budget runs out. The caller hands the bytes on with
+    /// [`Unpacking::hash`] once it is done with them.
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = loop {
             match self.dec.read(buf) {
@@ -260,10 +262,16 @@ impl<'a> Unpacking<'a> {
         if self.bytes > self.budget {
             return Err(io::Error::other(LimitHit));
         }
-        if let Some(h) = self.hasher.as_mut() {
-            h.update(&buf[..n]);
-        }
         Ok(n)
+    }
+
+    /// Counts the first `n` bytes of `buf` into the diff_id, on another thread; returns a
+    /// buffer (of `buf`'s length) to read the next bytes into.
+    pub fn hash(&mut self, buf: Vec<u8>, n: usize) -> Vec<u8> {
+        match self.hasher.as_mut() {
+            Some(h) => h.update(buf, n),
+            None => buf,
+        }
     }
 
     /// What the bytes read amount to: checked against the layer's diff_id, or (verified in
@@ -287,7 +295,7 @@ impl<'a> Unpacking<'a> {
                 ))),
             };
         };
-        let diff_id = Digest::from_sha256(hasher);
+        let diff_id = Digest::from_sha256(hasher.finish()?);
         if let Some(expected) = &layer.diff_id {
             if *expected != diff_id {
                 return Err(SourceError::DiffIdMismatch {
@@ -306,6 +314,53 @@ impl<'a> Unpacking<'a> {
             return SourceError::Limit { what: what.into(), limit: self.limit };
         }
         SourceError::Decompress { what: what.into(), source: e }
+    }
+}
+
+/// sha256 on its own thread, so hashing a layer overlaps decompressing it: filled buffers
+/// go over a channel and come back to be filled again (at most [`Background::DEPTH`] in
+/// flight).
+struct Background {
+    tx: Option<mpsc::SyncSender<(Vec<u8>, usize)>>,
+    back: mpsc::Receiver<Vec<u8>>,
+    thread: Option<std::thread::JoinHandle<Sha256>>,
+    made: usize,
+}
+
+impl Background {
+    const DEPTH: usize = 3;
+
+    fn start() -> Self {
+        let (tx, rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(Self::DEPTH);
+        let (back_tx, back) = mpsc::sync_channel(Self::DEPTH + 1);
+        let thread = std::thread::spawn(move || {
+            let mut h = Sha256::new();
+            for (buf, n) in rx {
+                h.update(&buf[..n]);
+                let _ = back_tx.send(buf);
+            }
+            h
+        });
+        Self { tx: Some(tx), back, thread: Some(thread), made: 0 }
+    }
+
+    fn update(&mut self, buf: Vec<u8>, n: usize) -> Vec<u8> {
+        let len = buf.len();
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send((buf, n)).is_ok());
+        if sent && self.made < Self::DEPTH {
+            self.made += 1;
+            return vec![0u8; len];
+        }
+        // The thread ended only by panicking: finish() reports it.
+        self.back.recv().unwrap_or_else(|_| vec![0u8; len])
+    }
+
+    fn finish(mut self) -> Result<Sha256, SourceError> {
+        self.tx = None;
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .ok_or_else(|| SourceError::Invalid("the diff_id hashing thread failed".into()))
     }
 }
 
