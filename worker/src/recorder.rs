@@ -202,7 +202,12 @@ impl ext4::Tools for Recorder {
     fn mkfs(&self, dev: &Path, _label: Option<&str>, _hint: u64) -> Result<(), Ext4Error> {
         self.tool("/sbin/mke2fs", format!("mke2fs {}", dev.display()))
     }
-    fn minimum(&self, dev: &Path) -> Result<u64, Ext4Error> {
+    fn converge_minimum(
+        &self,
+        dev: &Path,
+        _device: u64,
+        _policy: rootbox_proto::SizePolicy,
+    ) -> Result<u64, Ext4Error> {
         self.tool("/sbin/resize2fs", format!("resize2fs -P {}", dev.display()))?;
         Ok(64 << 20)
     }

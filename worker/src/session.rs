@@ -202,8 +202,9 @@ pub(crate) fn build<K: Kernel, T: ext4::Tools>(
 
     mount.unmount().map_err(|e| Some(Failure::new("unmounting the filesystem", &e)))?;
 
-    let min =
-        tools.minimum(&dev).map_err(|e| Some(Failure::new("shrinking the filesystem", &e)))?;
+    let min = tools
+        .converge_minimum(&dev, device_bytes, job.size)
+        .map_err(|e| Some(Failure::new("shrinking the filesystem", &e)))?;
     let size = ext4::target_size(min, device_bytes, job.size)
         .map_err(|e| Some(Failure::new("sizing the filesystem", &e)))?;
     tools.resize(&dev, size).map_err(|e| Some(Failure::new("resizing the filesystem", &e)))?;
