@@ -65,7 +65,7 @@ pub fn run(args: &Request) -> Result<Report> {
     let vm_options =
         sandbox::vm::Options::from_flags(args.vm_memory, args.boot_timeout, args.job_timeout)
             .map_err(anyhow::Error::msg)?;
-    let wimage = worker_image::locate(args.worker_image.as_deref()).map_err(Unavailable)?;
+    let wimage = worker_image::locate(args.worker_image.as_deref()).map_err(Unavailable::new)?;
     let decision = sandbox::choose(args.isolation, &wimage)?;
     if !args.json {
         progress.note(format!("sandbox: {}", decision.summary()));
