@@ -41,7 +41,8 @@ fn main() {
         }
     };
     if let Err(e) = output::install_signal_cleanup() {
-        eprintln!("rootbox: error: installing signal handlers: {e}");
+        let e = anyhow::Error::new(e).context("installing signal handlers");
+        eprintln!("rootbox: error: {}", exit::message(&e));
         std::process::exit(exit::OTHER);
     }
     let result = match &cli.command {
@@ -53,8 +54,7 @@ fn main() {
         cli::Command::Cache(c) => cache::run(&c.request()),
     };
     if let Err(e) = result {
-        // Escaped: the chain holds names from layers, registry replies and worker words.
-        eprintln!("rootbox: error: {}", rootbox_proto::text::printable(&format!("{e:#}"), true));
+        eprintln!("rootbox: error: {}", exit::message(&e));
         std::process::exit(exit::classify(&e));
     }
 }
