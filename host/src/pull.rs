@@ -59,8 +59,7 @@ pub fn run(args: &Request) -> Result<Report> {
     let what = &args.source;
     let remote =
         source::registry::Options { plain_http: args.plain_http, creds: args.creds.clone() };
-    let src: Arc<dyn source::Source> = source::open(what, &remote, &progress)?.into();
-    let image = src.resolve(&args.platform).with_context(|| format!("resolving {what}"))?;
+    let (src, image) = resolve(what, &remote, &args.platform, &progress)?;
 
     let vm_options =
         sandbox::vm::Options::from_flags(args.vm_memory, args.boot_timeout, args.job_timeout)
@@ -140,16 +139,7 @@ pub fn run(args: &Request) -> Result<Report> {
             };
             worker.kill();
             output::track_process_group(None);
-            // A full output filesystem shows in the worker as an I/O error: say what it is.
-            if let Some(full) = out.no_space(needed_estimate) {
-                return Err(anyhow::Error::new(e).context(full))
-                    .with_context(|| format!("building {what}"));
-            }
-            let e = match reason {
-                Some(r) => anyhow::Error::new(e).context(r),
-                None => e.into(),
-            };
-            return Err(e).with_context(|| format!("building {what}"));
+            return Err(job_failed(e, what, reason, out.no_space(needed_estimate)));
         }
     };
     let status = worker.wait().context("waiting for the worker")?;
@@ -221,6 +211,36 @@ pub fn run(args: &Request) -> Result<Report> {
             total: started.elapsed().as_millis() as u64,
         },
     })
+}
+
+/// Opens the source and resolves its image: every refusal of the image's documents (and of
+/// the source's name) leaves from here.
+pub fn resolve(
+    what: &str,
+    remote: &source::registry::Options,
+    platform: &source::spec::PlatformSpec,
+    progress: &Progress,
+) -> Result<(Arc<dyn source::Source>, source::Image)> {
+    let src: Arc<dyn source::Source> = source::open(what, remote, progress)?.into();
+    let image = src.resolve(platform).with_context(|| format!("resolving {what}"))?;
+    Ok((src, image))
+}
+
+/// A failed job as the CLI reports it, under `building WHAT`: a full output filesystem (it
+/// shows in the worker as an I/O error: say what it is), else what ended the sandbox when
+/// known, around the job's own error.
+pub fn job_failed(
+    e: job::JobError,
+    what: &str,
+    stopped: Option<String>,
+    full: Option<output::NoSpace>,
+) -> anyhow::Error {
+    let e = match (full, stopped) {
+        (Some(full), _) => anyhow::Error::new(e).context(full),
+        (None, Some(r)) => anyhow::Error::new(e).context(r),
+        (None, None) => e.into(),
+    };
+    e.context(format!("building {what}"))
 }
 
 #[cfg(test)]
