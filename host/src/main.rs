@@ -19,6 +19,8 @@ mod output;
 mod pipeline;
 mod progress;
 mod pull;
+#[cfg(test)]
+mod refusals;
 mod report;
 mod sandbox;
 mod scratch;

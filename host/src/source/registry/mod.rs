@@ -579,6 +579,38 @@ mod tests {
         assert!(parse(&format!("app@sha512:{}", "a".repeat(128))).is_err());
     }
 
+    // The registry's refusals, pinned as the CLI prints them (see `crate::refusals`).
+
+    #[test]
+    fn a_registry_that_refuses_access() {
+        let r = parse("127.0.0.1:5000/private/app:v1").unwrap();
+        let denied = OciDistributionError::UnauthorizedError { url: "http://x/v2/".into() };
+        let e = r.oci_error("manifest v1", denied, 1);
+        assert_eq!(
+            crate::exit::message(&e.into()),
+            "registry 127.0.0.1:5000 refused access to repository private/app anonymously (no \
+             --creds, no auth file entry); give credentials with --creds USER:PASS or an auth \
+             file ($REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json, ~/.docker/config.json)"
+        );
+    }
+
+    #[test]
+    fn a_registry_that_keeps_failing() {
+        let r = parse("127.0.0.1:5000/team/app:v1").unwrap();
+        let failing = OciDistributionError::ServerError {
+            code: 503,
+            url: "http://127.0.0.1:5000/v2/team/app/blobs/sha256:ab".into(),
+            message: "try later".into(),
+        };
+        let e = r.oci_error("downloading layer 1 of 2 (sha256:ab)", failing, retry::ATTEMPTS);
+        assert_eq!(
+            crate::exit::message(&e.into()),
+            "registry 127.0.0.1:5000, repository team/app: downloading layer 1 of 2 (sha256:ab) \
+             (gave up after 5 attempts): Server error: url \
+             http://127.0.0.1:5000/v2/team/app/blobs/sha256:ab, code: 503, message: try later"
+        );
+    }
+
     #[test]
     fn loopback_hosts() {
         for h in ["127.0.0.1:5000", "localhost:80", "localhost", "[::1]:5000", "127.1.2.3"] {
