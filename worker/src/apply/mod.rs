@@ -303,4 +303,6 @@ pub(crate) fn timestamps(t: Time) -> Timestamps {
 }
 
 #[cfg(test)]
+mod refusals;
+#[cfg(test)]
 mod rules;
