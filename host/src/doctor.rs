@@ -47,7 +47,7 @@ pub fn run(flag: Option<&Path>, json: bool) -> anyhow::Result<()> {
     // One look at the machine (one KVM probe at most) for all three answers.
     let facts = img.as_ref().map(|i| choice::Facts::probe(Isolation::Auto, i));
     let decide = |isolation| match &facts {
-        Ok(f) => choice::decide(isolation, f).map_err(|e| e.0),
+        Ok(f) => choice::decide(isolation, f).map_err(|e| e.why),
         Err(e) => Err(String::clone(e)),
     };
     let state = |name, d: Result<sandbox::Decision, String>| match d {

@@ -1,4 +1,5 @@
-//! Exit codes, documented in README: 0 ok, 1 other, 2 usage, 3 source or verification,
+//! How a failed command ends: the one error line it prints (each cause said once), and the
+//! exit code, documented in README: 0 ok, 1 other, 2 usage, 3 source or verification,
 //! 4 content refused or build failed in the worker, 5 sandbox unavailable, 128+N signal.
 
 use crate::job::JobError;
@@ -10,6 +11,17 @@ pub const USAGE: i32 = 2;
 pub const SOURCE: i32 = 3;
 pub const CONTENT: i32 = 4;
 pub const SANDBOX: i32 = 5;
+
+/// What follows `rootbox: error: `: the error and its causes through the one chain formatter
+/// (`outer: inner: innermost`, each said once), then a lost worker's last output. Escaped:
+/// the chain holds names from layers, registry replies and worker words.
+pub fn message(e: &anyhow::Error) -> String {
+    let mut line = rootbox_proto::text::error_line(e.as_ref());
+    if let Some(console) = e.chain().find_map(|c| c.downcast_ref::<JobError>()?.console()) {
+        line.push_str(&console);
+    }
+    rootbox_proto::text::printable(&line, true).into_owned()
+}
 
 pub fn classify(e: &anyhow::Error) -> i32 {
     // Before the worker's I/O error it explains: the host's disk, not the image. (A context,

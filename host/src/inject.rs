@@ -94,9 +94,10 @@ fn add_defaults<W: Write>(b: &mut tar::Builder<W>) -> Result<()> {
 /// Adds the caller's tree: directories, regular files and symlinks, with their modes and
 /// times, owned by root. Anything else (devices, sockets) is an error.
 fn add_tree<W: Write>(b: &mut tar::Builder<W>, root: &Path) -> Result<()> {
-    let meta = std::fs::metadata(root).with_context(|| format!("--inject {}", root.display()))?;
+    // The caller's context names the tree: `packing --inject DIR`.
+    let meta = std::fs::metadata(root)?;
     if !meta.is_dir() {
-        bail!("--inject {} is not a directory", root.display());
+        bail!("{} is not a directory", root.display());
     }
     let mut stack: Vec<PathBuf> = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -135,7 +136,7 @@ fn add_tree<W: Write>(b: &mut tar::Builder<W>, root: &Path) -> Result<()> {
                     "a device"
                 };
                 bail!(
-                    "--inject: {} is {what}; only directories, files and symlinks are injected",
+                    "{} is {what}; only directories, files and symlinks are injected",
                     path.display()
                 );
             }
@@ -244,6 +245,7 @@ mod tests {
         )
         .unwrap();
         let e = layer(false, Some(d.path())).unwrap_err();
-        assert!(format!("{e:#}").contains("is a fifo"), "{e:#}");
+        let shown = crate::exit::message(&e);
+        assert!(shown.contains("is a fifo"), "{shown}");
     }
 }

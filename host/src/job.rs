@@ -19,7 +19,7 @@ use crate::pipeline::Item;
 use crate::sandbox::Running;
 use crate::ship::{self, ShipError, Shipment};
 use crate::source::verify::Verified;
-use crate::source::SourceError;
+use crate::source::{BoxError, SourceError};
 
 /// Warnings kept (each cut to [`NOTE_MAX`] bytes); the rest are counted.
 pub const WARNINGS_MAX: usize = 100;
@@ -35,9 +35,15 @@ pub enum JobError {
     /// The worker refused or failed; it said why (exit code 4).
     #[error(transparent)]
     Remote(RemoteError),
-    /// The worker went away without saying why.
-    #[error("the worker stopped unexpectedly ({cause}){}", console_suffix(.console))]
-    Lost { cause: String, console: Vec<String> },
+    /// The worker went away without saying why; `cause` is what the host saw.
+    #[error("the worker stopped unexpectedly")]
+    Lost {
+        #[source]
+        cause: BoxError,
+        /// The worker's last output: lines, not a cause, so [`JobError::console`] gives them
+        /// to the CLI to print after the whole chain.
+        console: Vec<String>,
+    },
     /// The worker said something impossible or too much: it is not believed.
     #[error("the worker {what}; its result is not used")]
     Untrusted { what: String },
@@ -63,11 +69,16 @@ pub enum JobError {
     },
 }
 
-fn console_suffix(lines: &[String]) -> String {
-    if lines.is_empty() {
-        String::new()
-    } else {
-        format!("; its last output:\n  {}", lines.join("\n  "))
+impl JobError {
+    /// The worker's last output, when it went away without saying why: `; its last
+    /// output:` and the lines, to print after the error's chain.
+    pub fn console(&self) -> Option<String> {
+        match self {
+            JobError::Lost { console, .. } if !console.is_empty() => {
+                Some(format!("; its last output:\n  {}", console.join("\n  ")))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -174,8 +185,7 @@ pub fn run(
     bounds: Bounds,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Outcome, JobError> {
-    let lost = |cause: String, w: &dyn Running| JobError::Lost { cause, console: w.console_tail() };
-    let stream = worker.transport().map_err(|e| lost(format!("no transport: {e}"), worker))?;
+    let stream = worker.transport().map_err(|e| lost(Box::new(NoTransport(e)), worker))?;
     let watchdog = Watchdog::start(&stream, &bounds);
     let r = talk(worker, stream, layers, spec, bounds, on_event);
     match (r, watchdog.as_ref().and_then(Watchdog::fired)) {
@@ -192,25 +202,25 @@ fn talk(
     bounds: Bounds,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Outcome, JobError> {
-    let lost = |cause: String, w: &dyn Running| JobError::Lost { cause, console: w.console_tail() };
-    let mut wr = Writer::new(stream.try_clone().map_err(|e| lost(e.to_string(), worker))?);
+    let mut wr =
+        Writer::new(stream.try_clone().map_err(|e| lost(Box::new(NoTransport(e)), worker))?);
     let mut rd = Reader::new(stream);
 
     let hello = Control::Hello(Hello { version: PROTOCOL_VERSION, features: vec![] });
-    wr.send(&hello).map_err(|e| lost(chain(&e), worker))?;
+    wr.send(&hello).map_err(|e| lost(Box::new(e), worker))?;
     match rd.read_control() {
         Ok(Control::Hello(h)) if h.version == PROTOCOL_VERSION => {}
         Ok(Control::Hello(h)) => {
-            return Err(lost(
-                ProtoError::Version { ours: PROTOCOL_VERSION, theirs: h.version }.to_string(),
-                worker,
-            ))
+            let e = ProtoError::Version { ours: PROTOCOL_VERSION, theirs: h.version };
+            return Err(lost(Box::new(e), worker));
         }
-        Ok(other) => return Err(lost(format!("expected hello, got {}", kind(&other)), worker)),
-        Err(e) => return Err(lost(chain(&e), worker)),
+        Ok(other) => {
+            return Err(lost(format!("expected hello, got {}", kind(&other)).into(), worker))
+        }
+        Err(e) => return Err(lost(Box::new(e), worker)),
     }
     let (spec_layers, spec_limit) = (spec.layers.len(), spec.limits.max_total_bytes);
-    wr.send(&Control::Job(spec)).map_err(|e| lost(chain(&e), worker))?;
+    wr.send(&Control::Job(spec)).map_err(|e| lost(Box::new(e), worker))?;
 
     let (tx, rx) = mpsc::channel::<Result<Control, ProtoError>>();
     std::thread::spawn(move || {
@@ -300,12 +310,10 @@ fn talk(
                 return Err(JobError::Source { index: i + 1, source })
             }
             // A failed send means the worker (or its VM) went away: say so, with its output.
-            Err(ShipError::Send(p)) => {
-                ship_err = Some(lost(format!("sending layer {}: {}", i + 1, chain(&p)), worker));
-                break;
-            }
-            Err(other) => {
-                ship_err = Some(JobError::Ship { index: i + 1, source: other });
+            Err(e) => {
+                let gone = matches!(e, ShipError::Send(_));
+                let shipping = JobError::Ship { index: i + 1, source: e };
+                ship_err = Some(if gone { lost(Box::new(shipping), worker) } else { shipping });
                 break;
             }
         };
@@ -314,7 +322,7 @@ fn talk(
     }
     if early.is_none() && ship_err.is_none() {
         if let Err(e) = wr.send(&Control::Finish) {
-            ship_err = Some(lost(chain(&e), worker));
+            ship_err = Some(lost(Box::new(e), worker));
         }
     }
     // Wait for the verdict (the watchdog bounds the wait). A send failure usually means the
@@ -344,8 +352,8 @@ fn talk(
             Ok(Outcome { result, warnings, sanitised: notes.kept, shipped })
         }
         Some(Ok(Control::Error(remote))) => Err(JobError::Remote(remote.bounded())),
-        Some(Ok(other)) => Err(lost(format!("unexpected message {}", kind(&other)), worker)),
-        Some(Err(e)) => Err(ship_err.unwrap_or_else(|| lost(chain(&e), worker))),
+        Some(Ok(other)) => Err(lost(format!("unexpected message {}", kind(&other)).into(), worker)),
+        Some(Err(e)) => Err(ship_err.unwrap_or_else(|| lost(Box::new(e), worker))),
         None => Err(ship_err.unwrap_or_else(|| lost("no answer".into(), worker))),
     }
 }
@@ -410,9 +418,14 @@ impl Notes {
     }
 }
 
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    text::error_line(e)
+fn lost(cause: BoxError, worker: &dyn Running) -> JobError {
+    JobError::Lost { cause, console: worker.console_tail() }
 }
+
+/// The sandbox gave no stream to the worker.
+#[derive(Debug, thiserror::Error)]
+#[error("no transport")]
+struct NoTransport(#[source] std::io::Error);
 
 #[cfg(test)]
 mod tests;

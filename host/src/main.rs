@@ -19,6 +19,8 @@ mod output;
 mod pipeline;
 mod progress;
 mod pull;
+#[cfg(test)]
+mod refusals;
 mod report;
 mod sandbox;
 mod scratch;
@@ -41,7 +43,8 @@ fn main() {
         }
     };
     if let Err(e) = output::install_signal_cleanup() {
-        eprintln!("rootbox: error: installing signal handlers: {e}");
+        let e = anyhow::Error::new(e).context("installing signal handlers");
+        eprintln!("rootbox: error: {}", exit::message(&e));
         std::process::exit(exit::OTHER);
     }
     let result = match &cli.command {
@@ -53,8 +56,7 @@ fn main() {
         cli::Command::Cache(c) => cache::run(&c.request()),
     };
     if let Err(e) = result {
-        // Escaped: the chain holds names from layers, registry replies and worker words.
-        eprintln!("rootbox: error: {}", rootbox_proto::text::printable(&format!("{e:#}"), true));
+        eprintln!("rootbox: error: {}", exit::message(&e));
         std::process::exit(exit::classify(&e));
     }
 }

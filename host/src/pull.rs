@@ -59,13 +59,12 @@ pub fn run(args: &Request) -> Result<Report> {
     let what = &args.source;
     let remote =
         source::registry::Options { plain_http: args.plain_http, creds: args.creds.clone() };
-    let src: Arc<dyn source::Source> = source::open(what, &remote, &progress)?.into();
-    let image = src.resolve(&args.platform).with_context(|| format!("resolving {what}"))?;
+    let (src, image) = resolve(what, &remote, &args.platform, &progress)?;
 
     let vm_options =
         sandbox::vm::Options::from_flags(args.vm_memory, args.boot_timeout, args.job_timeout)
             .map_err(anyhow::Error::msg)?;
-    let wimage = worker_image::locate(args.worker_image.as_deref()).map_err(Unavailable)?;
+    let wimage = worker_image::locate(args.worker_image.as_deref()).map_err(Unavailable::new)?;
     let decision = sandbox::choose(args.isolation, &wimage)?;
     if !args.json {
         progress.note(format!("sandbox: {}", decision.summary()));
@@ -141,27 +140,17 @@ pub fn run(args: &Request) -> Result<Report> {
             };
             worker.kill();
             output::track_process_group(None);
-            // A full output filesystem shows in the worker as an I/O error: say what it is.
-            if let Some(full) = out.no_space(needed_estimate) {
-                return Err(anyhow::Error::new(e).context(full))
-                    .with_context(|| format!("building {what}"));
-            }
             // The scratch filesystem itself filled: it was sized from an estimate.
-            if !layers.exact() && scratch_full(&e) {
-                let why = format!(
+            let scratch = (!layers.exact() && scratch_full(&e)).then(|| {
+                format!(
                     "the {} scratch filesystem was sized from what the layers declare (or, for \
                      a registry pull, from their compressed size) and the content did not fit; \
                      --fetch-first verifies every layer before the build and sizes it exactly",
                     human(scratch_bytes)
-                );
-                return Err(anyhow::Error::new(e).context(why))
-                    .with_context(|| format!("building {what}"));
-            }
-            let e = match reason {
-                Some(r) => anyhow::Error::new(e).context(r),
-                None => e.into(),
-            };
-            return Err(e).with_context(|| format!("building {what}"));
+                )
+            });
+            let full = out.no_space(needed_estimate);
+            return Err(job_failed(e, what, reason, full, scratch));
         }
     };
     let status = worker.wait().context("waiting for the worker")?;
@@ -233,6 +222,39 @@ pub fn run(args: &Request) -> Result<Report> {
             total: started.elapsed().as_millis() as u64,
         },
     })
+}
+
+/// Opens the source and resolves its image: every refusal of the image's documents (and of
+/// the source's name) leaves from here.
+pub fn resolve(
+    what: &str,
+    remote: &source::registry::Options,
+    platform: &source::spec::PlatformSpec,
+    progress: &Progress,
+) -> Result<(Arc<dyn source::Source>, source::Image)> {
+    let src: Arc<dyn source::Source> = source::open(what, remote, progress)?.into();
+    let image = src.resolve(platform).with_context(|| format!("resolving {what}"))?;
+    Ok((src, image))
+}
+
+/// A failed job as the CLI reports it, under `building WHAT`: a full output filesystem (it
+/// shows in the worker as an I/O error: say what it is), else a full scratch filesystem
+/// sized from an estimate (`scratch` says so), else what ended the sandbox when known,
+/// around the job's own error.
+pub fn job_failed(
+    e: job::JobError,
+    what: &str,
+    stopped: Option<String>,
+    full: Option<output::NoSpace>,
+    scratch: Option<String>,
+) -> anyhow::Error {
+    let e = match (full, scratch, stopped) {
+        (Some(full), _, _) => anyhow::Error::new(e).context(full),
+        (None, Some(s), _) => anyhow::Error::new(e).context(s),
+        (None, None, Some(r)) => anyhow::Error::new(e).context(r),
+        (None, None, None) => e.into(),
+    };
+    e.context(format!("building {what}"))
 }
 
 /// Whether the worker failed because its filesystem ran out of space.

@@ -28,8 +28,13 @@ pub enum Ext4Error {
     DeviceTooSmall { need: u64, have: u64 },
     #[error("reading the superblock of {0}")]
     Superblock(String, #[source] std::io::Error),
-    #[error("unexpected output from resize2fs -P: {0}")]
-    Estimate(String),
+    /// `resize2fs -P` printed no minimum size (`source`: the one it printed did not parse).
+    #[error("unexpected output from resize2fs -P: {output}")]
+    Estimate {
+        output: String,
+        #[source]
+        source: Option<std::num::ParseIntError>,
+    },
 }
 
 fn run(tool: &'static str, args: &[&str]) -> Result<String, Ext4Error> {
@@ -110,12 +115,13 @@ pub fn minimum(dev: &Path) -> Result<u64, Ext4Error> {
     let out = run(RESIZE2FS, &["-P", &dev.to_string_lossy()])?;
     let blocks = out
         .lines()
-        .find_map(|l| {
-            l.split_once("minimum size of the filesystem:").map(|(_, n)| n.trim().to_string())
-        })
-        .and_then(|n| n.parse::<u64>().ok())
-        .ok_or_else(|| Ext4Error::Estimate(out.clone()))?;
-    Ok(blocks * BLOCK)
+        .find_map(|l| l.split_once("minimum size of the filesystem:").map(|(_, n)| n.trim()))
+        .map(str::parse::<u64>);
+    match blocks {
+        Some(Ok(blocks)) => Ok(blocks * BLOCK),
+        Some(Err(e)) => Err(Ext4Error::Estimate { output: out, source: Some(e) }),
+        None => Err(Ext4Error::Estimate { output: out, source: None }),
+    }
 }
 
 /// The smallest size the filesystem really shrinks to. `resize2fs -P` over-estimates in

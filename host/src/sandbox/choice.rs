@@ -178,7 +178,7 @@ pub fn decide(isolation: Isolation, facts: &Facts) -> Result<Decision, Unavailab
                 plan: Plan::Container,
                 reason: "asked for with --isolation container".into(),
             }),
-            Some(why) => Err(Unavailable(why.message())),
+            Some(why) => Err(Unavailable::new(why.message())),
         },
         Isolation::Vm => match (vm_with_kvm(facts), vm_with_tcg(facts)) {
             (Ok(p), _) => Ok(Decision {
@@ -190,7 +190,7 @@ pub fn decide(isolation: Isolation, facts: &Facts) -> Result<Decision, Unavailab
                 reason: format!("asked for with --isolation vm; {no_kvm}; the CPU is emulated (TCG), slower than KVM or the container"),
             }),
             (Err(_), Err(why)) => {
-                Err(Unavailable(format!("the microVM sandbox cannot run here: {why}")))
+                Err(Unavailable::new(format!("the microVM sandbox cannot run here: {why}")))
             }
         },
         Isolation::Auto => match (vm_with_kvm(facts), container, vm_with_tcg(facts)) {
@@ -206,7 +206,7 @@ pub fn decide(isolation: Isolation, facts: &Facts) -> Result<Decision, Unavailab
                     no_container.short()
                 ),
             }),
-            (Err(_), Some(no_container), Err(no_vm)) => Err(Unavailable(format!(
+            (Err(_), Some(no_container), Err(no_vm)) => Err(Unavailable::new(format!(
                 "no sandbox can run here: microVM: {no_vm}; container: {}",
                 no_container.message()
             ))),
@@ -434,7 +434,7 @@ mod tests {
                 assert_eq!(got(&d), want(isolation, *p), "{isolation:?} at {p:?}: {d:?}");
                 let text = match &d {
                     Ok(d) => d.summary(),
-                    Err(e) => e.0.clone(),
+                    Err(e) => e.why.clone(),
                 };
                 assert!(!text.is_empty() && !text.contains('\n'), "one line: {text:?}");
             }
@@ -517,7 +517,7 @@ mod tests {
         };
         let e = decide(Isolation::Vm, &p.facts()).expect_err("no kernel");
         assert_eq!(
-            e.0,
+            e.why,
             format!("the microVM sandbox cannot run here: the worker image /img has no vmlinux nor initramfs.cpio.gz: {KERNEL_BUILD_HINT}")
         );
         let d = decide(Isolation::Auto, &p.facts()).expect("the container");
@@ -526,7 +526,7 @@ mod tests {
             "container (no microVM kernel: the worker image has no vmlinux nor initramfs.cpio.gz)"
         );
         let e = decide(Isolation::Auto, &Point { root: false, ..p }.facts()).expect_err("none");
-        assert!(e.0.contains("make image") && e.0.contains("needs real root"), "{}", e.0);
+        assert!(e.why.contains("make image") && e.why.contains("needs real root"), "{}", e.why);
     }
 
     #[test]

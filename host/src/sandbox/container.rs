@@ -35,10 +35,10 @@ pub struct Container {
 /// Starts the worker in a fresh container around `output`.
 pub fn start(image: &WorkerImage, output: &File) -> Result<Container, Unavailable> {
     if let Some(why) = unavailable(image) {
-        return Err(Unavailable(why));
+        return Err(Unavailable::new(why));
     }
-    let (host_end, worker_end) =
-        UnixStream::pair().map_err(|e| Unavailable(format!("socketpair: {e}")))?;
+    let failed = |why: String| move |e| Unavailable { why, source: Some(e) };
+    let (host_end, worker_end) = UnixStream::pair().map_err(failed("socketpair".into()))?;
     let sfd = worker_end.as_raw_fd();
     let ofd = output.as_raw_fd();
     let rootfs = image.rootfs();
@@ -62,9 +62,8 @@ pub fn start(image: &WorkerImage, output: &File) -> Result<Container, Unavailabl
             | CloneFlags::CLONE_NEWUTS
             | CloneFlags::CLONE_NEWCGROUP,
     );
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Unavailable(format!("starting {}: {e}", image.worker().display())))?;
+    let mut child =
+        cmd.spawn().map_err(failed(format!("starting {}", image.worker().display())))?;
     drop(worker_end);
     let tail = Tail::default();
     if let Some(err) = child.stderr.take() {

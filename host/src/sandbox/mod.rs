@@ -34,8 +34,19 @@ pub enum Isolation {
 
 /// A sandbox cannot run here (exit code 5).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Unavailable(pub String);
+#[error("{why}")]
+pub struct Unavailable {
+    pub why: String,
+    /// The failure behind `why`, when one (starting the container failed).
+    #[source]
+    pub source: Option<std::io::Error>,
+}
+
+impl Unavailable {
+    pub fn new(why: impl Into<String>) -> Self {
+        Self { why: why.into(), source: None }
+    }
+}
 
 /// A started worker.
 pub trait Running: Send {

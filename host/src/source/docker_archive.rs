@@ -49,7 +49,10 @@ impl DockerArchive {
                 path: self.path.clone(),
                 source,
             },
-            refused => SourceError::Invalid(format!("{}: {refused}", self.name)),
+            refused => SourceError::Failed {
+                what: format!("{}: listing members", self.name),
+                source: refused.into(),
+            },
         }
     }
 

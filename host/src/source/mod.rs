@@ -63,9 +63,24 @@ pub enum SourceError {
     Limit { what: String, limit: u64 },
     #[error("{0}")]
     Invalid(String),
-    /// A registry request failed for good (after retries when the failure was transient).
-    #[error("registry {registry}, repository {repository}: {what}: {cause}")]
-    Registry { registry: String, repository: String, what: String, cause: String },
+    /// As `Invalid`, when another error says why (a tar reader's refusal, a failed call).
+    #[error("{what}")]
+    Failed {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
+    /// A registry request failed for good (after `attempts` tries when the failure was
+    /// transient).
+    #[error("registry {registry}, repository {repository}: {what}{}", gave_up(*.attempts))]
+    Registry {
+        registry: String,
+        repository: String,
+        what: String,
+        attempts: u32,
+        #[source]
+        source: BoxError,
+    },
     #[error("registry {registry} refused access to repository {repository} {origin}; give credentials with --creds USER:PASS or an auth file ($REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json, ~/.docker/config.json)")]
     Denied { registry: String, repository: String, origin: String },
     #[error("the blob cache")]
@@ -73,6 +88,17 @@ pub enum SourceError {
 }
 
 pub type Result<T> = std::result::Result<T, SourceError>;
+
+/// A cause kept as itself, of whatever type (a library's error, or a message).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn gave_up(attempts: u32) -> String {
+    if attempts > 1 {
+        format!(" (gave up after {attempts} attempts)")
+    } else {
+        String::new()
+    }
+}
 
 /// Where a blob's bytes live.
 #[derive(Debug, Clone)]

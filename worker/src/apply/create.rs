@@ -193,8 +193,9 @@ impl<O: Ops> Applier<O> {
         if raw.is_empty() {
             return Err(refused(path, "a hardlink without a target"));
         }
-        let target = normalize(raw, self.limits.max_path_len as usize)
-            .map_err(|e| refused(path, format!("hardlink target {tshown}: {e}")))?;
+        let target = normalize(raw, self.limits.max_path_len as usize).map_err(|source| {
+            ApplyError::LinkTarget { path: path.to_string(), target: tshown.clone(), source }
+        })?;
         let missing =
             || refused(path, format!("a hardlink to {tshown}, which does not exist in the image"));
         let Some((tdir, tname)) = target.split() else {

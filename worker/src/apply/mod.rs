@@ -47,6 +47,14 @@ pub enum ApplyError {
     },
     #[error("{path}: refusing {why}")]
     Refused { path: String, why: String },
+    /// A hardlink's target is not a name the image can hold.
+    #[error("{path}: hardlink target {target}")]
+    LinkTarget {
+        path: String,
+        target: String,
+        #[source]
+        source: NameError,
+    },
     #[error("{path}: {op} failed")]
     Sys {
         path: String,
@@ -71,6 +79,7 @@ impl ApplyError {
             Self::Name { path, .. }
             | Self::Meta { path, .. }
             | Self::Refused { path, .. }
+            | Self::LinkTarget { path, .. }
             | Self::Sys { path, .. } => Some(path.clone()),
             // A tar refusal names its entry in its own sentence.
             Self::Tar(_) | Self::Read(_) | Self::TooManyEntries { .. } => None,
@@ -85,6 +94,11 @@ impl ApplyError {
             Self::Name { source, .. } => tail(source),
             Self::Meta { source, .. } => tail(source),
             Self::Refused { why, .. } => vec![format!("refusing {why}")],
+            Self::LinkTarget { target, source, .. } => {
+                let mut c = vec![format!("hardlink target {target}")];
+                c.extend(tail(source));
+                c
+            }
             Self::Sys { op, errno, .. } => {
                 let mut c = vec![format!("{op} failed")];
                 c.extend(tail(errno));
@@ -288,5 +302,7 @@ pub(crate) fn timestamps(t: Time) -> Timestamps {
     Timestamps { last_access: ts, last_modification: ts }
 }
 
+#[cfg(test)]
+mod refusals;
 #[cfg(test)]
 mod rules;

@@ -155,11 +155,12 @@ fn run_helper(
     server: &str,
     file: &Path,
 ) -> Result<Option<(String, String)>, SourceError> {
-    let invalid = |why: String| {
-        SourceError::Invalid(format!(
-            "auth file {}: credential helper docker-credential-{name}: {why}",
-            file.display()
-        ))
+    let helper =
+        || format!("auth file {}: credential helper docker-credential-{name}", file.display());
+    let invalid = |why: String| SourceError::Invalid(format!("{}: {why}", helper()));
+    let failed = |what: &str, e: std::io::Error| SourceError::Failed {
+        what: format!("{}: {what}", helper()),
+        source: e.into(),
     };
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Err(invalid("not a helper name".into()));
@@ -173,7 +174,7 @@ fn run_helper(
         .spawn()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => invalid(format!("{program} is not on $PATH")),
-            _ => invalid(format!("cannot run it: {e}")),
+            _ => failed("cannot run it", e),
         })?;
     if let Some(mut stdin) = child.stdin.take() {
         // A helper that exits without reading is judged by its status below.
@@ -197,7 +198,7 @@ fn run_helper(
                 let _ = child.wait();
                 return Err(invalid(format!("no answer within {} s", HELPER_TIMEOUT.as_secs())));
             }
-            Err(e) => return Err(invalid(format!("waiting for it: {e}"))),
+            Err(e) => return Err(failed("waiting for it", e)),
         }
     };
     let out = reader.join().ok().and_then(|r| r.ok()).unwrap_or_default();

@@ -83,11 +83,14 @@ pub struct Registry {
 impl Registry {
     /// Parses a reference with docker's defaults (oci-client's `Reference`).
     pub fn parse(reference: &str, name: &str, opts: &Options, progress: &Progress) -> Result<Self> {
-        let r: Reference = reference.parse().map_err(|e: oci_client::ParseError| {
-            SourceError::Invalid(format!("{name}: not an image reference: {e}"))
-        })?;
+        let r: Reference =
+            reference.parse().map_err(|e: oci_client::ParseError| SourceError::Failed {
+                what: format!("{name}: not an image reference"),
+                source: e.into(),
+            })?;
         if let Some(d) = r.digest() {
-            Digest::parse(d).map_err(|e| SourceError::Invalid(format!("{name}: {e}")))?;
+            Digest::parse(d)
+                .map_err(|e| SourceError::Failed { what: name.to_string(), source: e.into() })?;
         }
         Ok(Self {
             name: name.to_string(),
@@ -129,28 +132,32 @@ impl Registry {
             );
         }
         let http = bounded::Http::new(self.opts.plain_http, CONNECT_TIMEOUT, READ_TIMEOUT)
-            .map_err(|e| self.failure("setting up the HTTP client", &e))?;
+            .map_err(|e| self.failure("setting up the HTTP client", 1, e))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("rootbox-net")
             .enable_all()
             .build()
-            .map_err(|e| SourceError::Invalid(format!("starting the network runtime: {e}")))?;
+            .map_err(|e| SourceError::Failed {
+                what: "starting the network runtime".into(),
+                source: e.into(),
+            })?;
         Ok(Session { rt, http, auth, origin, cache })
     }
 
-    fn failure(&self, what: &str, e: &(dyn std::error::Error + 'static)) -> SourceError {
+    fn failure(&self, what: &str, attempts: u32, e: impl Into<super::BoxError>) -> SourceError {
         SourceError::Registry {
             registry: self.registry().to_string(),
             repository: self.repository().to_string(),
             what: what.to_string(),
-            cause: retry::chain(e),
+            attempts,
+            source: e.into(),
         }
     }
 
     /// Maps an oci-client failure to the one error the user sees.
-    fn oci_error(&self, what: &str, e: &OciDistributionError, attempts: u32) -> SourceError {
-        if retry::denied(e) {
+    fn oci_error(&self, what: &str, e: OciDistributionError, attempts: u32) -> SourceError {
+        if retry::denied(&e) {
             let origin = self.session.get().map(|s| s.origin.clone()).unwrap_or(Origin::Anonymous);
             return SourceError::Denied {
                 registry: self.registry().to_string(),
@@ -158,13 +165,7 @@ impl Registry {
                 origin: origin.to_string(),
             };
         }
-        let mut err = self.failure(what, e);
-        if attempts > 1 {
-            if let SourceError::Registry { cause, .. } = &mut err {
-                cause.push_str(&format!(" (gave up after {attempts} attempts)"));
-            }
-        }
-        err
+        self.failure(what, attempts, e)
     }
 
     /// Runs `op` with retries on transient failures.
@@ -181,7 +182,7 @@ impl Registry {
                     n += 1;
                     tokio::time::sleep(retry::backoff(n)).await;
                 }
-                Err(e) => return Err(self.oci_error(what, &e, n)),
+                Err(e) => return Err(self.oci_error(what, e, n)),
             }
         }
     }
@@ -194,13 +195,15 @@ impl Registry {
         expect: Option<&Descriptor>,
     ) -> Result<(Vec<u8>, Digest)> {
         let s = self.session()?;
-        let want = match (expect, r.digest()) {
-            (Some(d), _) => Some(d.digest.clone()),
-            (None, Some(d)) => {
-                Some(Digest::parse(d).map_err(|e| SourceError::Invalid(e.to_string()))?)
-            }
-            (None, None) => None,
-        };
+        let want =
+            match (expect, r.digest()) {
+                (Some(d), _) => Some(d.digest.clone()),
+                (None, Some(d)) => Some(Digest::parse(d).map_err(|e| SourceError::Failed {
+                    what: self.name.clone(),
+                    source: e.into(),
+                })?),
+                (None, None) => None,
+            };
         let what = match &want {
             Some(d) => format!("manifest {d}"),
             None => format!("manifest {}", r.tag().unwrap_or("latest")),
@@ -412,7 +415,7 @@ impl Registry {
                     }
                     tokio::time::sleep(retry::backoff(attempt)).await;
                 }
-                Err(e) => return Err(self.oci_error(&format!("downloading {label}"), &e, attempt)),
+                Err(e) => return Err(self.oci_error(&format!("downloading {label}"), e, attempt)),
             }
         }
         temp.flush().map_err(io)?;
@@ -574,6 +577,38 @@ mod tests {
         assert!(parse("no spaces allowed").is_err());
         assert!(parse("repo/UPPER").is_err());
         assert!(parse(&format!("app@sha512:{}", "a".repeat(128))).is_err());
+    }
+
+    // The registry's refusals, pinned as the CLI prints them (see `crate::refusals`).
+
+    #[test]
+    fn a_registry_that_refuses_access() {
+        let r = parse("127.0.0.1:5000/private/app:v1").unwrap();
+        let denied = OciDistributionError::UnauthorizedError { url: "http://x/v2/".into() };
+        let e = r.oci_error("manifest v1", denied, 1);
+        assert_eq!(
+            crate::exit::message(&e.into()),
+            "registry 127.0.0.1:5000 refused access to repository private/app anonymously (no \
+             --creds, no auth file entry); give credentials with --creds USER:PASS or an auth \
+             file ($REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json, ~/.docker/config.json)"
+        );
+    }
+
+    #[test]
+    fn a_registry_that_keeps_failing() {
+        let r = parse("127.0.0.1:5000/team/app:v1").unwrap();
+        let failing = OciDistributionError::ServerError {
+            code: 503,
+            url: "http://127.0.0.1:5000/v2/team/app/blobs/sha256:ab".into(),
+            message: "try later".into(),
+        };
+        let e = r.oci_error("downloading layer 1 of 2 (sha256:ab)", failing, retry::ATTEMPTS);
+        assert_eq!(
+            crate::exit::message(&e.into()),
+            "registry 127.0.0.1:5000, repository team/app: downloading layer 1 of 2 (sha256:ab) \
+             (gave up after 5 attempts): Server error: url \
+             http://127.0.0.1:5000/v2/team/app/blobs/sha256:ab, code: 503, message: try later"
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Which registry failures are worth another try (connection resets and refusals, timeouts,
-//! 5xx, 429), how long to wait before it (bounded exponential backoff), and how a failure
-//! reads in a message (its cause chain, which never holds credentials: they travel in headers).
+//! 5xx, 429), how long to wait before it (bounded exponential backoff), and which ones mean
+//! the credentials were refused. A failure's message is its cause chain, which never holds
+//! credentials: they travel in headers.
 
-use std::error::Error as StdError;
 use std::io;
 use std::time::Duration;
 
@@ -64,11 +64,6 @@ pub fn denied(e: &OciDistributionError) -> bool {
             .any(|x| matches!(x.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
         _ => false,
     }
-}
-
-/// `error: cause: cause`, without repeating a cause that its parent already quoted.
-pub fn chain(e: &(dyn StdError + 'static)) -> String {
-    rootbox_proto::text::error_line(e)
 }
 
 #[cfg(test)]
