@@ -143,17 +143,21 @@ pub fn verify(
         });
     }
     let diff_id = Digest::from_sha256(out);
-    if let Some(expected) = &layer.diff_id {
-        if *expected != diff_id {
-            return Err(SourceError::DiffIdMismatch {
-                what: what.into(),
-                expected: expected.clone(),
-                actual: diff_id,
-            });
-        }
-    }
+    check_diff_id(layer, what, &diff_id)?;
     *budget -= total;
     Ok(Verified { compression: comp, uncompressed: total, diff_id })
+}
+
+/// The uncompressed bytes' digest against the config's diff_id, when it has one.
+fn check_diff_id(layer: &Layer, what: &str, diff_id: &Digest) -> Result<(), SourceError> {
+    match &layer.diff_id {
+        Some(expected) if expected != diff_id => Err(SourceError::DiffIdMismatch {
+            what: what.into(),
+            expected: expected.clone(),
+            actual: diff_id.clone(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Checks the blob's digest and size in one read of its compressed bytes (no decompression),
@@ -301,15 +305,7 @@ impl<'a> Unpacking<'a> {
             };
         };
         let diff_id = Digest::from_sha256(hasher.finish()?);
-        if let Some(expected) = &layer.diff_id {
-            if *expected != diff_id {
-                return Err(SourceError::DiffIdMismatch {
-                    what: what.into(),
-                    expected: expected.clone(),
-                    actual: diff_id,
-                });
-            }
-        }
+        check_diff_id(layer, what, &diff_id)?;
         Ok(Verified { compression: self.compression, uncompressed: self.bytes, diff_id })
     }
 
