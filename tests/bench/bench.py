@@ -388,6 +388,23 @@ def print_table(inp, rows):
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
         print(f"{r['contender']:28} {n:>3} {r['median_s']:9.2f} {r['min_s']:8.2f} "
               f"{r['max_s']:8.2f} {ratio:>9} {r['cpu_s']:7.1f} {host:>18} {worker:>22}")
+    for line in target_ratios(rows):
+        print(line)
+
+
+def target_ratios(rows):
+    """The ratios the performance targets are stated in: rootbox (container) against the
+    unsafe naive pipeline, and rootbox's microVM against virt-make-fs (same accelerator)."""
+    med = {r["contender"]: r["median_s"] for r in rows if r.get("n")}
+    out = []
+    naive = med.get("limit:tmpfs+mkfs-d")
+    if naive and "rootbox" in med:
+        out.append(f"rootbox / naive (limit:tmpfs+mkfs-d) = {med['rootbox'] / naive:.2f}")
+    vm = next((k for k in med if k.startswith("rootbox-vm")), None)
+    vmf = next((k for k in med if k.startswith("virt-make-fs")), None)
+    if vm and vmf:
+        out.append(f"{vm} / {vmf} = {med[vm] / med[vmf]:.2f}")
+    return out
 
 
 def phases(inp_name, runs):
@@ -581,6 +598,7 @@ def main():
         print(f"note: {n}")
     for res, inp in zip(results, inps):
         print_table(inp, res["rows"])
+        res["target_ratios"] = target_ratios(res["rows"])
         res["rootbox_phases"] = phases(inp["name"], [r for r in all_runs
                                                      if r["input"] == inp["name"]])
     print()
