@@ -275,7 +275,9 @@ fn a_layer_whose_diff_id_does_not_match_ends_the_job_before_its_layer_end() {
     let data = vec![5u8; 3 << 20];
     let ready = blob_checked(&dir, &data, Digest::of(b"something else"));
     let seen = Seen::default();
-    let r = job_for(one_layer_spec(1 << 30), vec![ready], None, watching(seen.clone()));
+    // The deadline turns a missing check (the job waiting for a verdict) into a failure.
+    let deadline = Some(Duration::from_secs(10));
+    let r = job_for(one_layer_spec(1 << 30), vec![ready], deadline, watching(seen.clone()));
     match r {
         Err(JobError::Source { index: 1, source: SourceError::DiffIdMismatch { actual, .. } }) => {
             assert_eq!(actual, Digest::of(&data))
@@ -294,7 +296,8 @@ fn a_layer_over_the_uncompressed_budget_stops_shipping_at_the_budget() {
     let data = vec![6u8; 4 << 20];
     let ready = blob_checked(&dir, &data, Digest::of(&data));
     let seen = Seen::default();
-    let r = job_for(one_layer_spec(1 << 20), vec![ready], None, watching(seen.clone()));
+    let deadline = Some(Duration::from_secs(10));
+    let r = job_for(one_layer_spec(1 << 20), vec![ready], deadline, watching(seen.clone()));
     assert!(
         matches!(r, Err(JobError::Source { index: 1, source: SourceError::Limit { limit, .. } }) if limit == 1 << 20),
         "{:?}",
@@ -325,4 +328,24 @@ fn a_layer_checked_by_its_blob_ships_and_reports_its_diff_id() {
     assert_eq!(o.shipped.len(), 1);
     assert_eq!(o.shipped[0].diff_id, Digest::of(&data));
     assert_eq!(o.shipped[0].uncompressed, data.len() as u64);
+}
+
+#[test]
+fn the_budget_is_charged_across_layers_as_they_ship() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (vec![1u8; 3 << 20], vec![2u8; 3 << 20]);
+    let first = blob_checked(&dir, &a, Digest::of(&a));
+    let second = blob_checked(&dir2, &b, Digest::of(&b));
+    // Each fits the 5 MiB budget alone; together they do not.
+    let mut spec = one_layer_spec(5 << 20);
+    spec.layers.push(rootbox_proto::LayerSpec { digest: "sha256:y".into() });
+    let seen = Seen::default();
+    let deadline = Some(Duration::from_secs(10));
+    let r = job_for(spec, vec![first, second], deadline, watching(seen));
+    assert!(
+        matches!(r, Err(JobError::Source { index: 2, source: SourceError::Limit { .. } })),
+        "{:?}",
+        r.err()
+    );
 }
