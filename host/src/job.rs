@@ -219,7 +219,8 @@ fn talk(
         }
         Err(e) => return Err(lost(Box::new(e), worker)),
     }
-    let (spec_layers, spec_limit) = (spec.layers.len(), spec.limits.max_total_bytes);
+    // Shipping charges the image's layers (not the injected files) to its budget.
+    let (image_layers, limit) = (spec.layers.len(), spec.limits.max_total_bytes);
     wr.send(&Control::Job(spec)).map_err(|e| lost(Box::new(e), worker))?;
 
     let (tx, rx) = mpsc::channel::<Result<Control, ProtoError>>();
@@ -274,8 +275,6 @@ fn talk(
 
     let mut ship_err = None;
     let mut shipped = Vec::new();
-    let image_layers = spec_layers;
-    let limit = spec_limit;
     let mut budget = limit;
     for i in 0.. {
         pump(&mut early, &mut notes, on_event, None);

@@ -33,6 +33,11 @@ pub struct Ready {
 
 pub type Item = Result<Ready, SourceError>;
 
+/// How layer `i` (0-based) of `n` of image `name` is named in errors.
+fn layer_what(name: &str, i: usize, n: usize, l: &Layer) -> String {
+    format!("{name} layer {} of {n} ({})", i + 1, l.digest)
+}
+
 /// Fetches and checks one layer (in `full`, or its blob only), retrying once from scratch if
 /// the fetched blob is corrupt.
 fn prepare(
@@ -105,8 +110,8 @@ impl Layers {
         let cursor = Arc::new(AtomicUsize::new(0));
         let mut workers = Vec::new();
         // Registry downloads are verified in full as they arrive; what is read from a disk
-        // (local sources, the cache) has its blob checked here and the rest as it ships.
-        let full = fetch_first;
+        // (local sources, the cache) has its blob checked here and the rest as it ships,
+        // unless `fetch_first` asks for everything in full.
         for _ in 0..PARALLEL.min(n.max(1)) {
             let (src, layers, tx, stop, cursor) =
                 (src.clone(), layers.clone(), tx.clone(), stop.clone(), cursor.clone());
@@ -119,8 +124,8 @@ impl Layers {
                 }
                 let l = &layers[i];
                 let label = format!("layer {} of {} ({})", i + 1, layers.len(), l.digest.short());
-                let what = format!("{name} layer {} of {} ({})", i + 1, layers.len(), l.digest);
-                let r = prepare(&*src, l, &label, &what, limit, full);
+                let what = layer_what(&name, i, layers.len(), l);
+                let r = prepare(&*src, l, &label, &what, limit, fetch_first);
                 match &r {
                     Ok(Checked::Full(_)) => progress.line(format!("verified {label}")),
                     Ok(Checked::Blob { .. }) => progress.line(format!("checked {label}")),
@@ -232,8 +237,7 @@ impl Layers {
         };
         self.next += 1;
         let l = self.image_layers[i].clone();
-        let what =
-            format!("{} layer {} of {} ({})", self.what, i + 1, self.image_layers.len(), l.digest);
+        let what = layer_what(&self.what, i, self.image_layers.len(), &l);
         let r = r.and_then(|c| {
             // A layer checked by its blob only is charged as it ships.
             if let Checked::Full(v) = &c {
@@ -371,21 +375,22 @@ mod tests {
         }
     }
 
-    fn fake(corrupt_first: bool) -> Arc<Fake> {
+    /// A registry (`remote`) or local source of five layers; see [`Fake`] for the rest.
+    fn fake(corrupt_first: bool, inline: bool, remote: bool) -> Arc<Fake> {
         let blobs = (0..5u8).map(|i| vec![i; 1000 + usize::from(i)]).collect();
         Arc::new(Fake {
             dir: tempfile::tempdir().unwrap(),
             blobs,
             fetches: Mutex::new(Vec::new()),
             corrupt_first,
-            inline: false,
-            remote: true,
+            inline,
+            remote,
         })
     }
 
     #[test]
     fn layers_come_in_order_and_corrupt_blobs_are_fetched_again() {
-        let f = fake(true);
+        let f = fake(true, false, true);
         let image = f.resolve(&PlatformSpec::parse("linux/amd64").unwrap()).unwrap();
         let src: Arc<dyn Source> = f.clone();
         let got: Vec<Item> = Layers::start(src, &image, None, 1 << 20, false, &Progress::default())
@@ -408,10 +413,7 @@ mod tests {
 
     #[test]
     fn the_budget_is_charged_in_order() {
-        let mut f = fake(false);
-        if let Some(f) = Arc::get_mut(&mut f) {
-            f.inline = true;
-        }
+        let f = fake(false, true, true);
         let image = f.resolve(&PlatformSpec::parse("linux/amd64").unwrap()).unwrap();
         let src: Arc<dyn Source> = f.clone();
         let got: Vec<Item> =
@@ -432,10 +434,7 @@ mod tests {
     /// declare, nothing charged until they ship (see `job::tests`).
     #[test]
     fn local_blobs_are_checked_up_front_and_sized_from_what_they_declare() {
-        let mut f = fake(false);
-        if let Some(f) = Arc::get_mut(&mut f) {
-            f.remote = false;
-        }
+        let f = fake(false, false, false);
         let image = f.resolve(&PlatformSpec::parse("linux/amd64").unwrap()).unwrap();
         let src: Arc<dyn Source> = f.clone();
         let total: u64 = image.layers.iter().map(|l| l.blob.len()).sum();
