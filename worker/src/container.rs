@@ -74,24 +74,14 @@ pub fn prepare_root(k: &impl Kernel, root: &Path) -> Result<(), SysError> {
     k.bind(root, root, true)?;
     k.remount_bind(root, MountFlags::RDONLY | MountFlags::NOSUID)?;
     let dev = root.join("dev");
-    k.mount(&Mount {
-        source: Path::new("tmpfs"),
-        target: &dev,
-        fstype: "tmpfs",
-        flags: MountFlags::NOSUID | MountFlags::NOEXEC,
-        data: c"mode=0755,size=1m",
-    })?;
+    let dev_flags = MountFlags::NOSUID | MountFlags::NOEXEC;
+    k.mount(&Mount::virtual_fs("tmpfs", &dev, dev_flags, c"mode=0755,size=1m"))?;
     for (name, kind, major, minor) in NODES {
         k.mknod(&dev.join(name), *kind, 0o666, *major, *minor)?;
     }
     let tmp = root.join("tmp");
-    k.mount(&Mount {
-        source: Path::new("tmpfs"),
-        target: &tmp,
-        fstype: "tmpfs",
-        flags: MountFlags::NOSUID | MountFlags::NODEV,
-        data: c"mode=1777,size=64m",
-    })?;
+    let tmp_flags = MountFlags::NOSUID | MountFlags::NODEV;
+    k.mount(&Mount::virtual_fs("tmpfs", &tmp, tmp_flags, c"mode=1777,size=64m"))?;
     Ok(())
 }
 
@@ -101,13 +91,8 @@ pub fn prepare_root(k: &impl Kernel, root: &Path) -> Result<(), SysError> {
 pub fn enter_root(k: &impl Kernel, root: &Path) -> Result<(), SysError> {
     k.parent_death_kill()?;
     let proc_dir = root.join("proc");
-    k.mount(&Mount {
-        source: Path::new("proc"),
-        target: &proc_dir,
-        fstype: "proc",
-        flags: MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        data: c"",
-    })?;
+    let proc_flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    k.mount(&Mount::virtual_fs("proc", &proc_dir, proc_flags, c""))?;
     sys::mounts::proc_read_only(k, &proc_dir)?;
     k.chdir(root)?;
     // pivot_root(".", ".") stacks the old root under the new one; detach it right away.

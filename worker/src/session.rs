@@ -481,13 +481,8 @@ fn pack_allocations(k: &impl Kernel, dev: &Path) -> Result<(), sys::SysError> {
     let sysfs = Path::new("/sys");
     let mounted_here = !k.exists(&sysfs.join("fs"));
     if mounted_here {
-        k.mount(&Mount {
-            source: Path::new("sysfs"),
-            target: sysfs,
-            fstype: "sysfs",
-            flags: MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-            data: c"",
-        })?;
+        let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+        k.mount(&Mount::virtual_fs("sysfs", sysfs, flags, c""))?;
     }
     // The first inode after the reserved ones and lost+found.
     let res = k.write_knob(&sysfs.join("fs/ext4").join(&name).join("inode_goal"), "12");

@@ -23,6 +23,18 @@ pub struct Mount<'a> {
     pub data: &'a CStr,
 }
 
+impl<'a> Mount<'a> {
+    /// A filesystem with no device (tmpfs, proc, sysfs): its source is its type's name.
+    pub fn virtual_fs(
+        fstype: &'a str,
+        target: &'a Path,
+        flags: MountFlags,
+        data: &'a CStr,
+    ) -> Self {
+        Self { source: Path::new(fstype), target, fstype, flags, data }
+    }
+}
+
 /// An attached loop device: its node, detached when the handle is dropped.
 pub trait Loop {
     fn path(&self) -> &Path;
