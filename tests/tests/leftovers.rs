@@ -8,13 +8,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rootbox_tests::lifecycle::{
-    expect_nothing_left, finish, noise_tar, pull_args, spawn_rootbox, wait_for_line,
-};
+use rootbox_tests::lifecycle::{expect_nothing_left, finish, noise_tar, pull_args, spawn_rootbox};
 use rootbox_tests::run::expect_dir_holds;
 use rootbox_tests::{require_root, require_vm, Env};
 
-use crate::util::{self, fresh};
+use crate::util::{self, NoisePull};
 
 fn tempdir() -> tempfile::TempDir {
     util::tempdir("rootbox-leftovers-")
@@ -51,20 +49,9 @@ fn expect_no_loops_under(dir: &Path) {
 /// a second more has passed; returns (output dir, private TMPDIR, the tempdir holding them).
 fn kill_9_mid_pull(env: &Env, isolation: &str) -> (PathBuf, PathBuf, tempfile::TempDir) {
     let tmp = tempdir();
-    let input = fresh(tmp.path(), "in");
-    let out_dir = fresh(tmp.path(), "out");
-    let private_tmp = fresh(tmp.path(), "tmp");
-    let tar = input.join("noise.tar");
-    noise_tar(&tar, 2, 256 << 20);
-    let source = format!("rootfs-tar:{}", tar.display());
-    let args = pull_args(
-        env,
-        &source,
-        &out_dir.join("out.ext4"),
-        &["--isolation", isolation, "--progress"],
-    );
-    let (mut child, rx) = spawn_rootbox(env, &args, &[("TMPDIR", &private_tmp)]);
-    let seen = wait_for_line(&rx, "apply layer 1", Duration::from_secs(120));
+    // `_rx` stays alive: dropping it would close rootbox's stderr under it.
+    let NoisePull { mut child, rx: _rx, out_dir, private_tmp, seen } =
+        NoisePull::start(env, tmp.path(), isolation);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(child.try_wait().expect("try_wait"), None, "rootbox ended early: {seen:#?}");
     child.kill().expect("kill -9");

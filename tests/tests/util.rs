@@ -55,3 +55,32 @@ pub fn check_image(what: &str, out: &Path, expected: &Tree) {
     let actual = snapshot::of_image(out).expect("snapshot of the built image");
     assert_same(what, expected, &actual);
 }
+
+/// A pull of 512 MiB of noise (a flat tar, two files) under `tmp`, started with
+/// `--isolation isolation` and a private TMPDIR, and seen applying its layer: what the
+/// kill-mid-pull tests interrupt.
+pub struct NoisePull {
+    pub child: std::process::Child,
+    pub rx: std::sync::mpsc::Receiver<String>,
+    pub out_dir: PathBuf,
+    pub private_tmp: PathBuf,
+    /// What rootbox said up to the apply.
+    pub seen: Vec<String>,
+}
+
+impl NoisePull {
+    pub fn start(env: &rootbox_tests::Env, tmp: &Path, isolation: &str) -> Self {
+        use rootbox_tests::lifecycle::{noise_tar, pull_args, spawn_rootbox, wait_for_line};
+        let input = fresh(tmp, "in");
+        let out_dir = fresh(tmp, "out");
+        let private_tmp = fresh(tmp, "tmp");
+        let tar = input.join("noise.tar");
+        noise_tar(&tar, 2, 256 << 20);
+        let source = format!("rootfs-tar:{}", tar.display());
+        let extra = ["--isolation", isolation, "--progress"];
+        let args = pull_args(env, &source, &out_dir.join("out.ext4"), &extra);
+        let (child, rx) = spawn_rootbox(env, &args, &[("TMPDIR", &private_tmp)]);
+        let seen = wait_for_line(&rx, "apply layer 1", std::time::Duration::from_secs(120));
+        Self { child, rx, out_dir, private_tmp, seen }
+    }
+}

@@ -19,7 +19,6 @@ use rootbox_tests::fixture::{debian, handmade};
 use rootbox_tests::layer::Entry as E;
 use rootbox_tests::lifecycle::{
     expect_nothing_left, finish, noise_tar, processes_mentioning, pull_args, spawn_rootbox,
-    wait_for_line,
 };
 use rootbox_tests::model::Model;
 use rootbox_tests::oci::{Compression, Image, LayerSpec};
@@ -31,7 +30,7 @@ use rootbox_tests::scene::Scene;
 use rootbox_tests::tree::{assert_same, Kind, Tree};
 use rootbox_tests::{guard, require_vm, snapshot, Env};
 
-use crate::util::{self, fresh, layer, oci_of};
+use crate::util::{self, fresh, layer, oci_of, NoisePull};
 
 // ---------------------------------------------------------------------------------------------
 // Guard
@@ -219,20 +218,8 @@ fn symlink_ancestor_write_is_confined_in_vm() {
 fn killing_the_vmm_mid_job_leaves_nothing_behind() {
     let env = require_vm!();
     let tmp = tempdir();
-    let input = fresh(tmp.path(), "in");
-    let out_dir = fresh(tmp.path(), "out");
-    let private_tmp = fresh(tmp.path(), "tmp");
-    let tar = input.join("noise.tar");
-    noise_tar(&tar, 2, 256 << 20);
-    let out = out_dir.join("out.ext4");
-    let args = pull_args(
-        &env,
-        &format!("rootfs-tar:{}", tar.display()),
-        &out,
-        &["--isolation", "vm", "--progress"],
-    );
-    let (child, rx) = spawn_rootbox(&env, &args, &[("TMPDIR", &private_tmp)]);
-    let seen = wait_for_line(&rx, "apply layer 1", Duration::from_secs(120));
+    let NoisePull { child, rx, out_dir, private_tmp, seen } =
+        NoisePull::start(&env, tmp.path(), "vm");
     std::thread::sleep(Duration::from_secs(2));
     let qemu: Vec<String> = processes_mentioning(&out_dir.to_string_lossy())
         .into_iter()
