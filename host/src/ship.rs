@@ -60,7 +60,7 @@ pub fn ship<W: Write>(
             return Ok(None);
         }
     }
-    let v = unpack.finish(s.layer, s.checked, s.what).map_err(ShipError::Source)?;
+    let v = unpack.finish(s.what).map_err(ShipError::Source)?;
     *budget = budget.saturating_sub(sent);
     wr.send(&Control::LayerEnd { index: s.index, bytes: sent }).map_err(ShipError::Send)?;
     Ok(Some(v))

@@ -236,13 +236,21 @@ fn gzip_declared(isize: u32, compressed: u64) -> u64 {
 /// A layer's uncompressed bytes as they are read, hashed for the diff_id and counted against
 /// the uncompressed budget; [`Unpacking::finish`] compares them with what the config says.
 pub struct Unpacking<'a> {
+    layer: &'a Layer,
     dec: Box<dyn Read + Send + 'a>,
     compression: Compression,
-    /// None when the layer was verified in full already: only its length is checked again.
-    hasher: Option<Background>,
+    expect: Expect,
     bytes: u64,
     budget: u64,
     limit: u64,
+}
+
+/// What the bytes read must amount to.
+enum Expect {
+    /// Verified in full already: only the length is checked again.
+    Counted(Verified),
+    /// The config's diff_id, hashed as the bytes pass.
+    DiffId(Background),
 }
 
 impl<'a> Unpacking<'a> {
@@ -250,11 +258,11 @@ impl<'a> Unpacking<'a> {
     pub fn open(layer: &'a Layer, checked: &Checked, budget: u64, limit: u64) -> io::Result<Self> {
         let compression = checked.compression();
         let dec = decoder(compression, layer.blob.open()?)?;
-        let hasher = match checked {
-            Checked::Full(_) => None,
-            Checked::Blob { .. } => Some(Background::start()),
+        let expect = match checked {
+            Checked::Full(v) => Expect::Counted(v.clone()),
+            Checked::Blob { .. } => Expect::DiffId(Background::start()),
         };
-        Ok(Self { dec, compression, hasher, bytes: 0, budget, limit })
+        Ok(Self { layer, dec, compression, expect, bytes: 0, budget, limit })
     }
 
     /// Reads the next bytes into `buf`; `Ok(0)` at the end. An `io::Error` wrapping
@@ -277,36 +285,28 @@ impl<'a> Unpacking<'a> {
     /// Counts the first `n` bytes of `buf` into the diff_id, on another thread; returns a
     /// buffer (of `buf`'s length) to read the next bytes into.
     pub fn hash(&mut self, buf: Vec<u8>, n: usize) -> Vec<u8> {
-        match self.hasher.as_mut() {
-            Some(h) => h.update(buf, n),
-            None => buf,
+        match &mut self.expect {
+            Expect::DiffId(h) => h.update(buf, n),
+            Expect::Counted(_) => buf,
         }
     }
 
     /// What the bytes read amount to: checked against the layer's diff_id, or (verified in
     /// full before) against what that verification counted.
-    pub fn finish(
-        self,
-        layer: &Layer,
-        checked: &Checked,
-        what: &str,
-    ) -> Result<Verified, SourceError> {
-        let Some(hasher) = self.hasher else {
-            return match checked {
-                Checked::Full(v) if v.uncompressed == self.bytes => Ok(v.clone()),
-                Checked::Full(v) => Err(SourceError::SizeMismatch {
-                    what: format!("{what}, uncompressed (it changed since it was verified)"),
-                    expected: v.uncompressed,
-                    actual: self.bytes,
-                }),
-                Checked::Blob { .. } => Err(SourceError::Invalid(format!(
-                    "{what}: shipped without its diff_id computed"
-                ))),
-            };
-        };
-        let diff_id = Digest::from_sha256(hasher.finish()?);
-        check_diff_id(layer, what, &diff_id)?;
-        Ok(Verified { compression: self.compression, uncompressed: self.bytes, diff_id })
+    pub fn finish(self, what: &str) -> Result<Verified, SourceError> {
+        match self.expect {
+            Expect::Counted(v) if v.uncompressed == self.bytes => Ok(v),
+            Expect::Counted(v) => Err(SourceError::SizeMismatch {
+                what: format!("{what}, uncompressed (it changed since it was verified)"),
+                expected: v.uncompressed,
+                actual: self.bytes,
+            }),
+            Expect::DiffId(hasher) => {
+                let diff_id = Digest::from_sha256(hasher.finish()?);
+                check_diff_id(self.layer, what, &diff_id)?;
+                Ok(Verified { compression: self.compression, uncompressed: self.bytes, diff_id })
+            }
+        }
     }
 
     /// The error a failed read means for the layer `what`.
