@@ -113,6 +113,7 @@ pub fn run(args: &Request) -> Result<Report> {
         label: Some(args.label.clone()),
         content_hint: layers.content_hint(),
         inject: injected,
+        identity: None,
     };
     let n = image.layers.len();
     let mut on_event = |e: Event| match e {

@@ -12,7 +12,7 @@ pub mod text;
 
 pub use codec::{Frame, FrameKind, Reader, Writer, CONTROL_MAX, DATA_MAX, HEADER_LEN};
 pub use message::{
-    Control, Hello, JobResult, JobSpec, LayerSpec, Limits, Phase, RemoteError, Sanitised,
+    Control, Hello, Identity, JobResult, JobSpec, LayerSpec, Limits, Phase, RemoteError, Sanitised,
     SanitisedKind, SizePolicy, PROTOCOL_VERSION, SANITISED_MAX,
 };
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::text;
 
 /// Bumped on any incompatible change to frames or messages.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Hello {
@@ -80,6 +80,30 @@ pub struct JobSpec {
     /// owned by root, never through a symlink, never replacing a directory.
     #[serde(default)]
     pub inject: bool,
+    /// What the build takes from its inputs instead of from chance or the clock, so that the
+    /// same inputs give the same bytes. `None`: mke2fs's random UUID and the clock.
+    #[serde(default)]
+    pub identity: Option<Identity>,
+}
+
+/// The values a reproducible build fixes, derived by the host from the build's inputs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    /// The filesystem UUID (`mke2fs -U`), hyphenated lower-case hex.
+    pub uuid: String,
+    /// The directory hash seed (`mke2fs -E hash_seed=`), hyphenated lower-case hex.
+    pub hash_seed: String,
+    /// Seconds since 1970-01-01 UTC: every time the build would otherwise take from the
+    /// clock (superblock times, inode change and creation times).
+    pub epoch: u64,
+    /// Run the canonicalising pass after the shrink (inode generations and times, the
+    /// journal, superblock counters, free blocks). Off only to show what it fixes.
+    #[serde(default = "yes")]
+    pub canonicalise: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Worker phases, reported as progress and timed in the result.

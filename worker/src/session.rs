@@ -510,6 +510,7 @@ mod tests {
             label: None,
             content_hint: 0,
             inject: false,
+            identity: None,
         }
     }
 

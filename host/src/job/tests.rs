@@ -48,6 +48,7 @@ fn spec() -> JobSpec {
         label: None,
         content_hint: 0,
         inject: false,
+        identity: None,
     }
 }
 
