@@ -1,0 +1,446 @@
+//! The canonicalising pass: after the last unmount and the shrink, sets what the kernel and
+//! the clock chose to values fixed by the build's inputs, and recomputes every checksum that
+//! depends on them. What it rewrites:
+//!
+//! - every inode in use: `i_generation` (which the kernel draws at random, and which seeds
+//!   the inode's checksum and so those of its extent tree and directory blocks), change and
+//!   creation times (the clock) → 0 and the epoch, its change counter (`i_version`, bumped
+//!   as writeback happens to run) → 1;
+//! - every inode slot not in use that still holds a deleted inode (its deletion time, old
+//!   owner, size and block map) → zeros;
+//! - the extent tree nodes and directory blocks (leaf tails and htree nodes) of every inode
+//!   in use: their checksums, under the new seed;
+//! - the journal: emptied (every log block zeroed, the sequence restarted at 1), since its
+//!   old transactions hold clock times and pre-pass metadata;
+//! - every superblock, the backups too: mount, write, check and creation times → the epoch,
+//!   mount count, last mount point and lifetime write counter → 0;
+//! - free blocks that still hold bytes (what the shrink moved away from) → zeros.
+//!
+//! It writes only within the image and only at blocks the filesystem's own metadata names,
+//! after checking them against its geometry; `e2fsck -fn` checks the result.
+
+use crate::crc::crc32c;
+use crate::layout::{self, Fs, COMPAT_HAS_JOURNAL, INODE_EXTENTS_FL, INODE_INDEX_FL};
+use crate::map::{self, EXTENT_MAGIC};
+use crate::{corrupt, le16, le32, put16, put32, Result};
+
+/// What the pass sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Seconds since 1970: every clock-taken time becomes this.
+    pub epoch: u64,
+}
+
+/// What the pass changed, counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub inodes: u64,
+    pub inodes_cleared: u64,
+    pub tree_blocks: u64,
+    pub dir_blocks: u64,
+    pub journal_blocks_zeroed: u64,
+    pub free_blocks_zeroed: u64,
+    pub superblocks: u64,
+}
+
+pub fn canonicalise(fs: &Fs, opts: Options) -> Result<Report> {
+    let mut report = Report::default();
+    inodes(fs, opts, &mut report)?;
+    journal(fs, &mut report)?;
+    free_blocks(fs, &mut report)?;
+    superblocks(fs, opts, &mut report)?;
+    fs.disk.sync()?;
+    Ok(report)
+}
+
+/// Sets every time of every inode in use to `epoch`: run on a filesystem mke2fs just made,
+/// whose few inodes (root, lost+found, the journal, the resize inode) carry mke2fs's clock,
+/// which the layers may never set again. Returns the inodes stamped.
+pub fn stamp(fs: &Fs, epoch: u64) -> Result<u64> {
+    let (t, epoch_bits) = split_time(epoch);
+    let mut n = 0;
+    for ino in fs.used_inodes()? {
+        let mut raw = fs.inode(ino)?;
+        for o in [0x08, 0x0C, 0x10] {
+            put32(&mut raw, o, t);
+        }
+        let extra = if raw.len() > 128 { usize::from(le16(&raw, 0x80)) } else { 0 };
+        for (o, need) in [(0x84, 8), (0x88, 12), (0x8C, 16), (0x94, 24)] {
+            if extra >= need {
+                put32(&mut raw, o, epoch_bits);
+            }
+        }
+        if extra >= 24 {
+            put32(&mut raw, 0x90, t);
+        }
+        if let Some(seed) = fs.csum_seed {
+            set_inode_csum(seed, ino, &mut raw);
+        }
+        let at = fs.inode_offset(ino)?;
+        fs.disk.write(at, &raw, &|| format!("inode {ino}"))?;
+        n += 1;
+    }
+    fs.disk.sync()?;
+    Ok(n)
+}
+
+/// An ext4 time as its 32-bit field and the epoch bits of its `_extra` field (nanoseconds 0).
+fn split_time(t: u64) -> (u32, u32) {
+    // ext4 stores times up to 2446-05-10 (2^34 - 2^31 - 1 seconds).
+    let t = t.min((1u64 << 34) - (1 << 31) - 1) as i64;
+    let lo = t as u32;
+    let epoch_bits = ((t - i64::from(lo as i32)) >> 32) as u32 & 3;
+    (lo, epoch_bits)
+}
+
+/// The seed of an inode's own checksums: the filesystem's, then its number and generation.
+pub fn inode_seed(fs_seed: u32, ino: u64, generation: u32) -> u32 {
+    crc32c(crc32c(fs_seed, &(ino as u32).to_le_bytes()), &generation.to_le_bytes())
+}
+
+/// Recomputes an inode's checksum in place (`raw` is the whole on-disk inode).
+pub fn set_inode_csum(fs_seed: u32, ino: u64, raw: &mut [u8]) {
+    let seed = inode_seed(fs_seed, ino, le32(raw, 0x64));
+    let hi = raw.len() > 128 && le16(raw, 0x80) >= 4;
+    put16(raw, 0x7C, 0);
+    if hi {
+        put16(raw, 0x82, 0);
+    }
+    let c = crc32c(seed, raw);
+    put16(raw, 0x7C, c as u16);
+    if hi {
+        put16(raw, 0x82, (c >> 16) as u16);
+    }
+}
+
+fn inodes(fs: &Fs, opts: Options, report: &mut Report) -> Result<()> {
+    let (ctime, ctime_epoch) = split_time(opts.epoch);
+    let isz = fs.inode_size as usize;
+    for (g, group) in fs.groups.iter().enumerate() {
+        if group.flags & layout::BG_INODE_UNINIT != 0 && fs.csum_or_gdt_csum() {
+            continue;
+        }
+        let bitmap = fs.block(group.inode_bitmap, &|| format!("group {g}'s inode bitmap"))?;
+        let mut table = vec![0u8; fs.inodes_per_group as usize * isz];
+        let at = group.inode_table * fs.block_size;
+        fs.disk.read(at, &mut table, &|| format!("group {g}'s inode table"))?;
+        let mut changed = false;
+        for (i, raw) in table.chunks_exact_mut(isz).enumerate() {
+            let ino = g as u64 * fs.inodes_per_group + i as u64 + 1;
+            if bitmap[i / 8] & (1 << (i % 8)) == 0 {
+                if raw.iter().any(|&b| b != 0) {
+                    raw.fill(0);
+                    report.inodes_cleared += 1;
+                    changed = true;
+                }
+                continue;
+            }
+            let before = raw.to_vec();
+            put32(raw, 0x64, 0);
+            put32(raw, 0x0C, ctime);
+            // The change counter (for NFS), bumped by writeback's timing: as if changed once.
+            put32(raw, 0x24, 1);
+            let extra = if isz > 128 { usize::from(le16(raw, 0x80)) } else { 0 };
+            if extra >= 8 {
+                put32(raw, 0x84, ctime_epoch);
+            }
+            if extra >= 24 {
+                put32(raw, 0x90, ctime);
+                put32(raw, 0x94, ctime_epoch);
+            }
+            if extra >= 28 {
+                put32(raw, 0x98, 0);
+            }
+            if let Some(seed) = fs.csum_seed {
+                set_inode_csum(seed, ino, raw);
+                let own = inode_seed(seed, ino, 0);
+                // Their checksums change only with the seed, so only if the generation did.
+                if le32(&before, 0x64) != 0 {
+                    owned_blocks(fs, ino, raw, own, report)?;
+                }
+            }
+            if before != *raw {
+                report.inodes += 1;
+                changed = true;
+            }
+        }
+        if changed {
+            fs.disk.write(at, &table, &|| format!("group {g}'s inode table"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Re-signs the extent tree nodes and directory blocks of inode `ino` with its new seed.
+fn owned_blocks(fs: &Fs, ino: u64, raw: &[u8], seed: u32, report: &mut Report) -> Result<()> {
+    let map = map::file_map(fs, ino, raw)?;
+    if layout::inode_flags(raw) & INODE_EXTENTS_FL != 0 {
+        for &b in &map.tree {
+            let what = || format!("inode {ino}'s extent block {b}");
+            let mut block = fs.block(b, &what)?;
+            if le16(&block, 0) != EXTENT_MAGIC {
+                return Err(corrupt(what(), "no extent magic"));
+            }
+            let tail = 12 + 12 * usize::from(le16(&block, 4));
+            if tail + 4 > block.len() {
+                return Err(corrupt(what(), "its entries overrun the block"));
+            }
+            let c = crc32c(seed, &block[..tail]);
+            if le32(&block, tail) != c {
+                put32(&mut block, tail, c);
+                fs.write_block(b, &block, &what)?;
+                report.tree_blocks += 1;
+            }
+        }
+    }
+    if layout::kind(raw) != layout::Kind::Directory {
+        return Ok(());
+    }
+    let indexed = layout::inode_flags(raw) & INODE_INDEX_FL != 0;
+    for run in &map.data {
+        for k in 0..run.len {
+            let b = run.physical + k;
+            let what = || format!("directory inode {ino}'s block {b}");
+            let mut block = fs.block(b, &what)?;
+            if sign_dir_block(&mut block, seed, indexed && run.logical + k == 0) {
+                fs.write_block(b, &block, &what)?;
+                report.dir_blocks += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Recomputes a directory block's checksum: a leaf's tail, or an htree node's (the root when
+/// `root`). Returns whether the block changed. A block with neither (no room was left for
+/// one) is left alone, as the kernel leaves it.
+pub fn sign_dir_block(block: &mut [u8], seed: u32, root: bool) -> bool {
+    let bs = block.len();
+    let t = bs - 12;
+    // A leaf's entries end exactly where its tail starts (e2fsprogs walks them the same way);
+    // an htree node's span the whole block, and a root can keep a stale tail's bytes in its
+    // own tail's reserved field, so the bytes alone do not tell.
+    let mut at = 0;
+    while at < t {
+        let rec = usize::from(le16(block, at + 4));
+        if rec < 8 || rec % 4 != 0 {
+            return false;
+        }
+        at += rec;
+    }
+    if at == t
+        && le32(block, t) == 0
+        && le16(block, t + 4) == 12
+        && block[t + 6] == 0
+        && block[t + 7] == 0xDE
+    {
+        let c = crc32c(seed, &block[..t]);
+        let old = le32(block, t + 8);
+        put32(block, t + 8, c);
+        return old != c;
+    }
+    let count_at = if root && le16(block, 4) == 12 && usize::from(le16(block, 16)) == bs - 12 {
+        0x18 + usize::from(block[0x1D])
+    } else if le32(block, 0) == 0 && usize::from(le16(block, 4)) == bs && block[6] == 0 {
+        8
+    } else {
+        return false;
+    };
+    if count_at + 4 > bs {
+        return false;
+    }
+    let limit = usize::from(le16(block, count_at));
+    let count = usize::from(le16(block, count_at + 2));
+    let tail = count_at + limit * 8;
+    if count > limit || tail + 8 > bs {
+        return false;
+    }
+    // Over the entries in use, then the tail with its checksum field as zeros.
+    let c = crc32c(seed, &block[..count_at + count * 8]);
+    let c = crc32c(crc32c(c, &block[tail..tail + 4]), &[0; 4]);
+    let old = le32(block, tail + 4);
+    put32(block, tail + 4, c);
+    old != c
+}
+
+const JBD2_MAGIC: u32 = 0xC03B_3998;
+const JBD2_CSUM_V2_V3: u32 = 0x8 | 0x10;
+
+fn be32(b: &[u8], o: usize) -> u32 {
+    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+fn put_be32(b: &mut [u8], o: usize, v: u32) {
+    b[o..o + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+/// The journal inode's superblock block and its log, or `None` without an internal journal.
+pub fn journal_blocks(fs: &Fs) -> Result<Option<(u64, Vec<u64>)>> {
+    let jino = u64::from(le32(&fs.sb, 0xE0));
+    if fs.compat() & COMPAT_HAS_JOURNAL == 0 || jino == 0 {
+        return Ok(None);
+    }
+    let raw = fs.inode(jino)?;
+    let map = map::file_map(fs, jino, &raw)?;
+    let mut jsb = None;
+    let mut log = Vec::new();
+    for r in &map.data {
+        for k in 0..r.len {
+            if r.logical + k == 0 {
+                jsb = Some(r.physical + k);
+            } else {
+                log.push(r.physical + k);
+            }
+        }
+    }
+    let jsb = jsb.ok_or_else(|| corrupt("the journal", "no block 0 (its superblock)"))?;
+    Ok(Some((jsb, log)))
+}
+
+fn journal(fs: &Fs, report: &mut Report) -> Result<()> {
+    let Some((jsb_at, log)) = journal_blocks(fs)? else { return Ok(()) };
+    let what = || "the journal superblock".to_string();
+    let mut jsb = fs.block(jsb_at, &what)?;
+    if be32(&jsb, 0) != JBD2_MAGIC || !matches!(be32(&jsb, 4), 3 | 4) {
+        return Err(corrupt(what(), "no jbd2 superblock magic"));
+    }
+    if be32(&jsb, 0x1C) != 0 {
+        return Err(corrupt(
+            what(),
+            "the journal holds transactions to replay (not unmounted cleanly)",
+        ));
+    }
+    let maxlen = u64::from(be32(&jsb, 0x10));
+    for (i, &b) in log.iter().enumerate() {
+        if i as u64 + 1 >= maxlen {
+            break;
+        }
+        let block = fs.block(b, &|| format!("journal block {}", i + 1))?;
+        if block.iter().any(|&x| x != 0) {
+            fs.write_block(b, &vec![0u8; block.len()], &|| format!("journal block {}", i + 1))?;
+            report.journal_blocks_zeroed += 1;
+        }
+    }
+    put_be32(&mut jsb, 0x18, 1); // s_sequence
+    put_be32(&mut jsb, 0x20, 0); // s_errno
+    put_be32(&mut jsb, 0x58, 0); // s_head
+    if be32(&jsb, 0x28) & JBD2_CSUM_V2_V3 != 0 {
+        put_be32(&mut jsb, 0xFC, 0);
+        let c = crc32c(!0, &jsb[..1024]);
+        put_be32(&mut jsb, 0xFC, c);
+    }
+    fs.write_block(jsb_at, &jsb, &what)
+}
+
+fn free_blocks(fs: &Fs, report: &mut Report) -> Result<()> {
+    let bs = fs.block_size as usize;
+    const CHUNK: u64 = 256;
+    let zeros = vec![0u8; bs];
+    for g in 0..fs.groups.len() {
+        let Some(bitmap) = fs.block_bitmap(g)? else { continue };
+        let start = fs.group_start(g as u64);
+        let count = fs.blocks_per_group.min(fs.blocks - start);
+        let free = |i: u64| bitmap[(i / 8) as usize] & (1 << (i % 8)) == 0;
+        let mut i = 0;
+        while i < count {
+            if !free(i) {
+                i += 1;
+                continue;
+            }
+            let mut end = i;
+            while end < count && end - i < CHUNK && free(end) {
+                end += 1;
+            }
+            let mut buf = vec![0u8; (end - i) as usize * bs];
+            let at = (start + i) * fs.block_size;
+            fs.disk.read(at, &mut buf, &|| format!("free blocks of group {g}"))?;
+            for (k, b) in buf.chunks_exact(bs).enumerate() {
+                if b.iter().any(|&x| x != 0) {
+                    let n = start + i + k as u64;
+                    fs.write_block(n, &zeros, &|| format!("free block {n}"))?;
+                    report.free_blocks_zeroed += 1;
+                }
+            }
+            i = end;
+        }
+    }
+    Ok(())
+}
+
+/// Sets one superblock's clock-taken fields and counters, and its checksum.
+pub fn canonical_superblock(sb: &mut [u8], epoch: u64, csum: bool) {
+    let (lo, _) = split_time(epoch);
+    let hi = (epoch >> 32).min(255) as u8;
+    for o in [0x2C, 0x30, 0x40, 0x108] {
+        put32(sb, o, lo);
+    }
+    sb[0x274..0x278].fill(hi);
+    put16(sb, 0x34, 0); // s_mnt_count
+    sb[0x88..0xC8].fill(0); // s_last_mounted
+    sb[0x178..0x180].fill(0); // s_kbytes_written
+    if csum {
+        let c = crc32c(!0, &sb[..0x3FC]);
+        put32(sb, 0x3FC, c);
+    }
+}
+
+fn superblocks(fs: &Fs, opts: Options, report: &mut Report) -> Result<()> {
+    let csum = fs.csum_seed.is_some();
+    let mut at = vec![layout::SUPERBLOCK_OFFSET];
+    for g in fs.backup_groups() {
+        // With 1 KiB blocks a group's superblock starts its first block; otherwise too.
+        at.push(fs.group_start(g) * fs.block_size);
+    }
+    for offset in at {
+        let what = || format!("the superblock at byte {offset}");
+        let mut sb = vec![0u8; layout::SUPERBLOCK_LEN];
+        fs.disk.read(offset, &mut sb, &what)?;
+        if le16(&sb, 0x38) != 0xEF53 {
+            return Err(corrupt(what(), "no ext4 magic where a backup belongs"));
+        }
+        canonical_superblock(&mut sb, opts.epoch, csum);
+        fs.disk.write(offset, &sb, &what)?;
+        report.superblocks += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_split_into_32_bits_and_epoch_bits() {
+        assert_eq!(split_time(0), (0, 0));
+        assert_eq!(split_time(1_700_000_000), (1_700_000_000, 0));
+        // 2038-01-19T03:14:08Z, one past i32::MAX: the first time needing an epoch bit.
+        assert_eq!(split_time(1 << 31), (1 << 31, 1));
+        assert_eq!(split_time(1 << 32), (0, 1));
+    }
+
+    #[test]
+    fn a_leaf_tail_is_signed_over_the_block_before_it() {
+        let mut b = vec![0u8; 4096];
+        b[4..6].copy_from_slice(&4084u16.to_le_bytes());
+        b[4084 + 4..4084 + 6].copy_from_slice(&12u16.to_le_bytes());
+        b[4084 + 7] = 0xDE;
+        assert!(sign_dir_block(&mut b, 42, false));
+        assert_eq!(le32(&b, 4092), crc32c(42, &b[..4084]));
+        assert!(!sign_dir_block(&mut b, 42, false), "signing twice changes nothing");
+    }
+
+    #[test]
+    fn an_htree_root_is_signed_as_one_even_with_a_stale_leaf_tail_in_it() {
+        // "." and "..", the root info, count/limit, one entry; the dx tail's reserved word
+        // holds the bytes of the leaf tail the block had before it was indexed.
+        let mut b = vec![0u8; 4096];
+        b[4..6].copy_from_slice(&12u16.to_le_bytes());
+        b[16..18].copy_from_slice(&4084u16.to_le_bytes());
+        b[0x1D] = 8;
+        b[0x20..0x22].copy_from_slice(&507u16.to_le_bytes());
+        b[0x22..0x24].copy_from_slice(&1u16.to_le_bytes());
+        b[4088..4092].copy_from_slice(&[0x0c, 0, 0, 0xde]);
+        assert!(sign_dir_block(&mut b, 42, true));
+        let want = crc32c(crc32c(crc32c(42, &b[..0x28]), &b[4088..4092]), &[0; 4]);
+        assert_eq!(le32(&b, 4092), want);
+    }
+}

@@ -1,0 +1,229 @@
+//! The canonicalising pass and the comparison on real images made by e2fsprogs: generations
+//! and times scrambled with debugfs (as the kernel leaves them), then canonicalised, must give
+//! an image `e2fsck -fn` accepts, and two scrambles must canonicalise to the same bytes.
+//!
+//! Needs mke2fs, debugfs and e2fsck (e2fsprogs); without them the tests say so and pass,
+//! except under `ROOTBOX_STRICT=1` (CI), where they fail.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rootbox_ext4::{canon, diff, Disk, Fs};
+
+fn tool(name: &str) -> Option<PathBuf> {
+    ["/sbin", "/usr/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+}
+
+fn tools() -> Option<(PathBuf, PathBuf, PathBuf)> {
+    match (tool("mke2fs"), tool("debugfs"), tool("e2fsck")) {
+        (Some(m), Some(d), Some(e)) => Some((m, d, e)),
+        _ if std::env::var_os("ROOTBOX_STRICT").is_some() => {
+            panic!("ROOTBOX_STRICT=1 and e2fsprogs (mke2fs, debugfs, e2fsck) is not installed")
+        }
+        _ => {
+            eprintln!("SKIPPED: e2fsprogs (mke2fs, debugfs, e2fsck) is not installed");
+            None
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    match cmd.output() {
+        Ok(o) => o,
+        Err(e) => panic!("running {cmd:?}: {e}"),
+    }
+}
+
+/// A tree with what the pass must re-sign: a directory big enough for an htree, a file
+/// fragmented into more extents than the inode holds (an extent tree node), small files,
+/// a symlink, and an xattr.
+fn source_tree(dir: &Path) {
+    let many = dir.join("many");
+    fs::create_dir_all(&many).expect("mkdir");
+    for i in 0..600 {
+        fs::write(many.join(format!("file-with-a-longish-name-{i:04}")), format!("{i}\n"))
+            .expect("write");
+    }
+    let sparse = File::create(dir.join("sparse")).expect("create");
+    for i in 0..12u64 {
+        use std::os::unix::fs::FileExt;
+        sparse.write_all_at(&[i as u8 + 1; 4096], i * 65536).expect("write");
+    }
+    fs::create_dir_all(dir.join("etc")).expect("mkdir");
+    fs::write(dir.join("etc/hostname"), "rootbox\n").expect("write");
+    std::os::unix::fs::symlink("etc/hostname", dir.join("link")).expect("symlink");
+}
+
+/// Makes the image, indexes its directories, then gives every inode in use a different
+/// generation and change time, as the kernel would.
+fn scrambled_image(dir: &Path, name: &str, salt: u32) -> PathBuf {
+    let (mke2fs, debugfs, e2fsck) = tools().expect("checked by the caller");
+    let src = dir.join("src");
+    if !src.exists() {
+        source_tree(&src);
+    }
+    // One base image for every scramble: mke2fs -d copies the source's atimes, which
+    // reading it changes.
+    let base = dir.join("base.img");
+    let img = dir.join(name);
+    if base.exists() {
+        fs::copy(&base, &img).expect("copy");
+        return scramble(&img, salt, &debugfs, &e2fsck);
+    }
+    let out = run(Command::new(&mke2fs)
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-O", "metadata_csum,^flex_bg"])
+        .args(["-U", "0e2f0000-1111-4222-8333-444455556666"])
+        .args(["-E", "hash_seed=0e2f0000-1111-4222-8333-444455556667"])
+        .arg("-d")
+        .arg(&src)
+        .arg(&img)
+        .arg("32M")
+        .env("E2FSPROGS_FAKE_TIME", "1700000000"));
+    assert!(out.status.success(), "mke2fs: {}", String::from_utf8_lossy(&out.stderr));
+    // -D indexes the big directory (an htree root and leaves); exit 1 = "fixed something".
+    let out = run(Command::new(&e2fsck).args(["-fyD"]).arg(&img));
+    assert!(matches!(out.status.code(), Some(0 | 1)), "e2fsck -fyD: {out:?}");
+    fs::copy(&img, &base).expect("copy");
+    scramble(&img, salt, &debugfs, &e2fsck)
+}
+
+fn scramble(img: &Path, salt: u32, debugfs: &Path, e2fsck: &Path) -> PathBuf {
+    let fs = Fs::open(Disk::open(img).expect("open")).expect("ext4");
+    let mut script = String::new();
+    for ino in fs.used_inodes().expect("bitmaps") {
+        if ino == 2 || ino >= 11 {
+            let g = (ino as u32).wrapping_mul(2_654_435_761) ^ salt;
+            script.push_str(&format!("sif <{ino}> generation {g}\n"));
+            script.push_str(&format!("sif <{ino}> ctime {}\n", 1_700_000_000 + salt));
+        }
+    }
+    let script_path = img.with_extension("debugfs");
+    fs::write(&script_path, script).expect("script");
+    let out = run(Command::new(debugfs).arg("-w").arg("-f").arg(&script_path).arg(img));
+    assert!(out.status.success(), "debugfs: {}", String::from_utf8_lossy(&out.stderr));
+    // debugfs re-signs only the inodes; e2fsck re-signs their extent and directory blocks
+    // under the new generations, leaving the image as consistent as the kernel would.
+    let out = run(Command::new(e2fsck).args(["-fy"]).arg(img));
+    assert!(matches!(out.status.code(), Some(0 | 1)), "e2fsck -fy: {out:?}");
+    img.to_path_buf()
+}
+
+fn fsck_clean(img: &Path) -> (bool, String) {
+    let e2fsck = tool("e2fsck").expect("checked");
+    let out = run(Command::new(e2fsck).arg("-fn").arg(img));
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn open_rw(img: &Path) -> Fs {
+    let f = fs::OpenOptions::new().read(true).write(true).open(img).expect("open");
+    let len = f.metadata().expect("stat").len();
+    Fs::open(Disk::new(f, len, img.display().to_string())).expect("ext4")
+}
+
+#[test]
+fn canonicalising_re_signs_what_new_generations_broke_and_two_scrambles_agree() {
+    if tools().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = scrambled_image(dir.path(), "a.img", 1);
+    let b = scrambled_image(dir.path(), "b.img", 2);
+    let (clean, out) = fsck_clean(&a);
+    assert!(clean, "the scrambled image is consistent: {out}");
+
+    // Between two scrambles only inodes and the blocks they sign differ, each named with
+    // the inode's path; nothing is left unattributed.
+    let fs_a = Fs::open(Disk::open(&a).expect("open")).expect("ext4");
+    let fs_b = Fs::open(Disk::open(&b).expect("open")).expect("ext4");
+    let differences = diff::diff(&fs_a, &fs_b).expect("diff");
+    assert!(!differences.is_empty());
+    for d in &differences {
+        assert!(d.structure.starts_with("inode "), "{d:?}");
+        let signed = d.field == "extent tree" || d.field == "directory blocks";
+        assert!(signed || d.field.contains("i_generation"), "{d:?}");
+    }
+    let named = |differences: &[diff::Difference], path: &str, field: &str| {
+        differences.iter().any(|d| d.field == field && d.path.as_deref() == Some(path))
+    };
+    assert!(named(&differences, "/sparse", "extent tree"), "the fragmented file's tree node");
+    assert!(named(&differences, "/many", "directory blocks"), "the htree directory's blocks");
+    let htree = differences.iter().find(|d| d.path.as_deref() == Some("/many"));
+    assert!(htree.is_some(), "the big directory is named by its path");
+    let file = differences
+        .iter()
+        .find(|d| d.path.as_deref() == Some("/many/file-with-a-longish-name-0599"));
+    assert!(file.is_some(), "a file in the htree directory is named by its path");
+
+    // Against its own canonicalised copy, the re-signed blocks are named too.
+    let copy = dir.path().join("a-canonical.img");
+    fs::copy(&a, &copy).expect("copy");
+    canon::canonicalise(&open_rw(&copy), canon::Options { epoch: 0 }).expect("canon");
+    let fs_c = Fs::open(Disk::open(&copy).expect("open")).expect("ext4");
+    let differences = diff::diff(&fs_a, &fs_c).expect("diff");
+    assert!(named(&differences, "/sparse", "extent tree"));
+    assert!(named(&differences, "/many", "directory blocks"));
+    assert!(differences.iter().any(|d| d.structure == "superblock" && d.field == "s_wtime"));
+    drop((fs_a, fs_b, fs_c));
+
+    for img in [&a, &b] {
+        let r = canon::canonicalise(&open_rw(img), canon::Options { epoch: 0 }).expect("canon");
+        assert!(r.tree_blocks >= 1 && r.dir_blocks >= 2, "{r:?}");
+        let (clean, out) = fsck_clean(img);
+        assert!(clean, "e2fsck -fn after the pass: {out}");
+    }
+    let fs_a = Fs::open(Disk::open(&a).expect("open")).expect("ext4");
+    let fs_b = Fs::open(Disk::open(&b).expect("open")).expect("ext4");
+    let left: Vec<String> =
+        diff::diff(&fs_a, &fs_b).expect("diff").iter().take(10).map(|d| format!("{d:?}")).collect();
+    assert!(left.is_empty(), "two scrambles canonicalise to different images: {left:#?}");
+    let (x, y) = (fs::read(&a).expect("read"), fs::read(&b).expect("read"));
+    assert!(x == y, "the comparison found no difference in bytes that differ");
+}
+
+#[test]
+fn stamping_a_new_filesystem_sets_every_time_of_its_inodes() {
+    if tools().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("new.img");
+    let mke2fs = tool("mke2fs").expect("checked");
+    let out = run(Command::new(mke2fs).args(["-q", "-F", "-t", "ext4"]).arg(&img).arg("16M"));
+    assert!(out.status.success());
+    let fs = open_rw(&img);
+    let n = canon::stamp(&fs, 1_234_567_890).expect("stamp");
+    assert!(n >= 4, "root, lost+found, the journal and the resize inode: {n}");
+    for ino in fs.used_inodes().expect("bitmaps") {
+        let raw = fs.inode(ino).expect("inode");
+        let extra = u16::from_le_bytes([raw[0x80], raw[0x81]]);
+        let times: &[usize] =
+            if extra >= 24 { &[0x08, 0x0C, 0x10, 0x90] } else { &[0x08, 0x0C, 0x10] };
+        for &o in times {
+            let t = u32::from_le_bytes([raw[o], raw[o + 1], raw[o + 2], raw[o + 3]]);
+            assert_eq!(t, 1_234_567_890, "inode {ino} time at {o:#x}");
+        }
+    }
+    let (clean, out) = fsck_clean(&img);
+    assert!(clean, "{out}");
+}
+
+#[test]
+fn a_truncated_or_foreign_image_is_refused_not_read_past_its_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let junk = dir.path().join("junk");
+    fs::write(&junk, vec![0u8; 8192]).expect("write");
+    let e = Fs::open(Disk::open(&junk).expect("open")).err().expect("refused");
+    assert!(e.to_string().contains("not an ext4 image"), "{e}");
+    if tools().is_none() {
+        return;
+    }
+    let img = scrambled_image(dir.path(), "t.img", 3);
+    let f = fs::OpenOptions::new().write(true).open(&img).expect("open");
+    f.set_len(1 << 20).expect("truncate");
+    let e = Fs::open(Disk::open(&img).expect("open")).err().expect("refused");
+    assert!(e.to_string().contains("image holds 1048576 bytes"), "{e}");
+}
