@@ -115,6 +115,8 @@ pub enum Phase {
     Inject,
     Fsck,
     Shrink,
+    /// The canonicalising pass of a reproducible build.
+    Canonicalise,
 }
 
 impl fmt::Display for Phase {
@@ -125,6 +127,7 @@ impl fmt::Display for Phase {
             Self::Inject => "inject",
             Self::Fsck => "fsck",
             Self::Shrink => "shrink",
+            Self::Canonicalise => "canonicalise",
         })
     }
 }

@@ -1,9 +1,13 @@
-//! The ext4 lifecycle with the worker image's own e2fsprogs: create, check, shrink, measure.
+//! The ext4 lifecycle with the worker image's own e2fsprogs: create, check, shrink, measure;
+//! and, for a reproducible build, the raw-image passes of `rootbox-ext4`.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
+
+use rootbox_ext4::canon;
+use rootbox_proto::Identity;
 
 pub const BLOCK: u64 = 4096;
 const MKE2FS: &str = "/sbin/mke2fs";
@@ -28,6 +32,14 @@ pub enum Ext4Error {
     DeviceTooSmall { need: u64, have: u64 },
     #[error("reading the superblock of {0}")]
     Superblock(String, #[source] std::io::Error),
+    /// The raw-image passes of a reproducible build (see [`rootbox_ext4::canon`]).
+    #[error("{step} {dev}")]
+    Image {
+        step: &'static str,
+        dev: String,
+        #[source]
+        source: rootbox_ext4::Ext4Error,
+    },
     /// `resize2fs -P` printed no minimum size (`source`: the one it printed did not parse).
     #[error("unexpected output from resize2fs -P: {output}")]
     Estimate {
@@ -83,9 +95,20 @@ const GROWTH_MAX_BLOCKS: u64 = (1 << 40) / BLOCK;
 /// 16 MiB journal, 406 MiB with a 32 MiB one (the pipelined pull's journal), 438 MiB with
 /// 64 MiB; without flex_bg 238, 254 and 294 MiB, the used size each time, from any starting
 /// size. The default reserved GDT blocks cost another 10 MiB (see [`GROWTH_MAX_BLOCKS`]).
-pub fn mkfs(dev: &Path, label: Option<&str>, content_hint: u64) -> Result<(), Ext4Error> {
+///
+/// With an `identity`, the UUID and directory hash seed are the host's (derived from the
+/// build's inputs) instead of random ones.
+pub fn mkfs(
+    dev: &Path,
+    label: Option<&str>,
+    content_hint: u64,
+    identity: Option<&Identity>,
+) -> Result<(), Ext4Error> {
     let journal = format!("size={}", journal_mib(content_hint));
-    let extended = format!("lazy_itable_init=1,lazy_journal_init=1,resize={GROWTH_MAX_BLOCKS}");
+    let mut extended = format!("lazy_itable_init=1,lazy_journal_init=1,resize={GROWTH_MAX_BLOCKS}");
+    if let Some(id) = identity {
+        extended.push_str(&format!(",hash_seed={}", id.hash_seed));
+    }
     let dev = dev.to_string_lossy();
     #[rustfmt::skip]
     let mut args = vec![
@@ -100,6 +123,9 @@ pub fn mkfs(dev: &Path, label: Option<&str>, content_hint: u64) -> Result<(), Ex
     ];
     if let Some(l) = label {
         args.extend(["-L", l]);
+    }
+    if let Some(id) = identity {
+        args.extend(["-U", &id.uuid]);
     }
     args.push(&dev);
     run(MKE2FS, &args).map(drop)
@@ -220,9 +246,55 @@ fn parse_superblock(sb: &[u8; 1024]) -> Usage {
     }
 }
 
+/// Opens the device for the raw-image passes.
+fn open_image(dev: &Path, step: &'static str) -> Result<rootbox_ext4::Fs, Ext4Error> {
+    let err = |source| Ext4Error::Image { step, dev: dev.display().to_string(), source };
+    let io = |source| {
+        err(rootbox_ext4::Ext4Error::Read { what: "the device".into(), offset: 0, source })
+    };
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(dev).map_err(io)?;
+    let len = {
+        use std::io::{Seek, SeekFrom};
+        f.seek(SeekFrom::End(0)).map_err(io)?
+    };
+    rootbox_ext4::Fs::open(rootbox_ext4::Disk::new(f, len, dev.display().to_string())).map_err(err)
+}
+
+/// Sets the times mke2fs took from the clock to `epoch` (see [`rootbox_ext4::canon::stamp`]).
+pub fn stamp(dev: &Path, epoch: u64) -> Result<(), Ext4Error> {
+    const STEP: &str = "fixing the new filesystem's times on";
+    let fs = open_image(dev, STEP)?;
+    rootbox_ext4::canon::stamp(&fs, epoch).map(drop).map_err(|source| Ext4Error::Image {
+        step: STEP,
+        dev: dev.display().to_string(),
+        source,
+    })
+}
+
+/// The canonicalising pass (see [`rootbox_ext4::canon`]).
+pub fn canonicalise(dev: &Path, epoch: u64) -> Result<canon::Report, Ext4Error> {
+    const STEP: &str = "canonicalising";
+    let fs = open_image(dev, STEP)?;
+    canon::canonicalise(&fs, canon::Options { epoch }).map_err(|source| Ext4Error::Image {
+        step: STEP,
+        dev: dev.display().to_string(),
+        source,
+    })
+}
+
 /// The e2fsprogs steps of the session's build, behind a trait so the recorder can stand in.
 pub trait Tools {
-    fn mkfs(&self, dev: &Path, label: Option<&str>, content_hint: u64) -> Result<(), Ext4Error>;
+    fn mkfs(
+        &self,
+        dev: &Path,
+        label: Option<&str>,
+        content_hint: u64,
+        identity: Option<&Identity>,
+    ) -> Result<(), Ext4Error>;
+    /// Right after [`Tools::mkfs`]: mke2fs's own inodes' times → the epoch.
+    fn stamp(&self, dev: &Path, epoch: u64) -> Result<(), Ext4Error>;
+    /// After the shrink: what the kernel randomised → fixed values.
+    fn canonicalise(&self, dev: &Path, epoch: u64) -> Result<canon::Report, Ext4Error>;
     fn converge_minimum(
         &self,
         dev: &Path,
@@ -238,8 +310,20 @@ pub trait Tools {
 pub struct E2fsprogs;
 
 impl Tools for E2fsprogs {
-    fn mkfs(&self, dev: &Path, label: Option<&str>, content_hint: u64) -> Result<(), Ext4Error> {
-        mkfs(dev, label, content_hint)
+    fn mkfs(
+        &self,
+        dev: &Path,
+        label: Option<&str>,
+        content_hint: u64,
+        identity: Option<&Identity>,
+    ) -> Result<(), Ext4Error> {
+        mkfs(dev, label, content_hint, identity)
+    }
+    fn stamp(&self, dev: &Path, epoch: u64) -> Result<(), Ext4Error> {
+        stamp(dev, epoch)
+    }
+    fn canonicalise(&self, dev: &Path, epoch: u64) -> Result<canon::Report, Ext4Error> {
+        canonicalise(dev, epoch)
     }
     fn converge_minimum(
         &self,

@@ -8,7 +8,8 @@ use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use rootbox_proto::{JobSpec, Phase};
+use rootbox_ext4::canon;
+use rootbox_proto::{Identity, JobSpec, Phase};
 use rustix::fs::FileType;
 use rustix::mount::MountFlags;
 
@@ -196,11 +197,33 @@ impl Kernel for Recorder {
         self.sys("discarding free blocks of", target, format!("fitrim {}", target.display()))?;
         Ok(0)
     }
+    fn pin_to_one_cpu(&self) -> Result<usize, SysError> {
+        self.sys("pinning to one CPU", Path::new("/proc/self"), "pin cpu".into())?;
+        Ok(0)
+    }
 }
 
 impl ext4::Tools for Recorder {
-    fn mkfs(&self, dev: &Path, _label: Option<&str>, _hint: u64) -> Result<(), Ext4Error> {
-        self.tool("/sbin/mke2fs", format!("mke2fs {}", dev.display()))
+    fn mkfs(
+        &self,
+        dev: &Path,
+        _label: Option<&str>,
+        _hint: u64,
+        identity: Option<&Identity>,
+    ) -> Result<(), Ext4Error> {
+        match identity {
+            Some(id) => {
+                self.tool("/sbin/mke2fs", format!("mke2fs -U {} {}", id.uuid, dev.display()))
+            }
+            None => self.tool("/sbin/mke2fs", format!("mke2fs {}", dev.display())),
+        }
+    }
+    fn stamp(&self, dev: &Path, epoch: u64) -> Result<(), Ext4Error> {
+        self.tool("stamp", format!("stamp {} {epoch}", dev.display()))
+    }
+    fn canonicalise(&self, dev: &Path, epoch: u64) -> Result<canon::Report, Ext4Error> {
+        self.tool("canonicalise", format!("canonicalise {} {epoch}", dev.display()))?;
+        Ok(canon::Report::default())
     }
     fn converge_minimum(
         &self,

@@ -170,9 +170,15 @@ pub(crate) fn build<K: Kernel, T: ext4::Tools>(
     };
     let device_bytes =
         k.device_size(&dev).map_err(|e| Some(Failure::new("sizing the output device", &e)))?;
+    let identity = job.identity.as_ref();
     tools
-        .mkfs(&dev, job.label.as_deref(), job.content_hint)
+        .mkfs(&dev, job.label.as_deref(), job.content_hint, identity)
         .map_err(|e| Some(Failure::new("creating the filesystem", &e)))?;
+    if let Some(id) = identity {
+        tools
+            .stamp(&dev, id.epoch)
+            .map_err(|e| Some(Failure::new("creating the filesystem", &e)))?;
+    }
     let mount = Mounted::new(k, &sys::mounts::image(&dev, target))
         .map_err(|e| Some(Failure::new("mounting the new filesystem", &e)))?;
     let mut warnings = Vec::new();
@@ -183,6 +189,11 @@ pub(crate) fn build<K: Kernel, T: ext4::Tools>(
         ));
     }
     lap(Phase::Mkfs, &mut t);
+
+    if identity.is_some() {
+        // Before the applier is forked: it inherits the CPU.
+        k.pin_to_one_cpu().map_err(|e| Some(Failure::new("preparing a reproducible build", &e)))?;
+    }
 
     steps.progress(Phase::Apply)?;
     let applied = steps.apply(job)?;
@@ -209,6 +220,14 @@ pub(crate) fn build<K: Kernel, T: ext4::Tools>(
         .map_err(|e| Some(Failure::new("sizing the filesystem", &e)))?;
     tools.resize(&dev, size).map_err(|e| Some(Failure::new("resizing the filesystem", &e)))?;
     lap(Phase::Shrink, &mut t);
+
+    if let Some(id) = identity.filter(|id| id.canonicalise) {
+        steps.progress(Phase::Canonicalise)?;
+        tools
+            .canonicalise(&dev, id.epoch)
+            .map_err(|e| Some(Failure::new("canonicalising the filesystem", &e)))?;
+        lap(Phase::Canonicalise, &mut t);
+    }
 
     steps.progress(Phase::Fsck)?;
     tools
@@ -533,7 +552,7 @@ mod tests {
         "loop attach /dev/loop0",
         "size /dev/loop0",
         "mke2fs /dev/loop0",
-        "mount /dev/loop0 on /target type ext4 (nosuid,nodev,noexec,noatime) noinit_itable",
+        "mount /dev/loop0 on /target type ext4 (nosuid,nodev,noexec,noatime) noinit_itable,nodelalloc",
         "write /sys/fs/ext4/loop0/inode_goal 12",
     ];
     const APPLY: &[&str] = &["progress apply", "apply layers", "syncfs /target"];
@@ -566,6 +585,61 @@ mod tests {
         let result = r.unwrap_or_else(|_| panic!("the build failed"));
         assert_eq!(result.size_bytes, 64 << 20);
         assert!(result.warnings.is_empty(), "{:?}", result.warnings);
+    }
+
+    fn reproducible(canonicalise: bool) -> JobSpec {
+        JobSpec {
+            identity: Some(rootbox_proto::Identity {
+                uuid: "u".into(),
+                hash_seed: "h".into(),
+                epoch: 7,
+                canonicalise,
+            }),
+            ..job()
+        }
+    }
+
+    #[test]
+    fn a_reproducible_build_fixes_times_pins_a_cpu_and_canonicalises_before_the_check() {
+        for canonicalise in [true, false] {
+            let rec = Recorder::default();
+            let mut steps = rec.clone();
+            let r = build(&rec, &rec, &mut steps, &reproducible(canonicalise), &file());
+            assert!(r.is_ok());
+            let mkfs: Vec<&str> = MKFS
+                .iter()
+                .map(|&c| if c == "mke2fs /dev/loop0" { "mke2fs -U u /dev/loop0" } else { c })
+                .collect();
+            let (made, mounted) = mkfs.split_at(4);
+            let canon: &[&str] = if canonicalise {
+                &["progress canonicalise", "canonicalise /dev/loop0 7"]
+            } else {
+                &[]
+            };
+            let want = seq(&[
+                made,
+                &["stamp /dev/loop0 7"],
+                mounted,
+                &["pin cpu"],
+                APPLY,
+                SHRINK,
+                &[RESIZE],
+                canon,
+                FSCK,
+                &[DETACH],
+            ]);
+            assert_eq!(rec.calls(), want, "canonicalise: {canonicalise}");
+        }
+    }
+
+    #[test]
+    fn a_failed_canonicalising_pass_fails_the_build_before_the_check() {
+        let rec = Recorder::failing_at("canonicalise");
+        let mut steps = rec.clone();
+        let r = build(&rec, &rec, &mut steps, &reproducible(true), &file());
+        assert!(failure(r).starts_with("canonicalising the filesystem: "));
+        assert_eq!(rec.calls().last().map(String::as_str), Some(DETACH));
+        assert!(!rec.calls().iter().any(|c| c.starts_with("e2fsck")));
     }
 
     #[test]

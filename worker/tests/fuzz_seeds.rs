@@ -36,6 +36,12 @@ fn job() -> JobSpec {
         label: Some("rootfs".into()),
         content_hint: 1 << 20,
         inject: true,
+        identity: Some(rootbox_proto::Identity {
+            uuid: "5b1e3c2a-9d4f-8a6b-8c7d-0e1f2a3b4c5d".into(),
+            hash_seed: "0a1b2c3d-4e5f-8a6b-9c7d-8e9f0a1b2c3d".into(),
+            epoch: 0,
+            canonicalise: true,
+        }),
     }
 }
 

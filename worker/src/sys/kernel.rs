@@ -82,6 +82,8 @@ pub trait Kernel {
     fn sync_filesystem(&self, target: &Path) -> Result<bool, SysError>;
     /// FITRIM of the filesystem mounted at `target`; the bytes trimmed.
     fn trim(&self, target: &Path) -> Result<u64, SysError>;
+    /// Pins this process, and the applier it forks, to one CPU; the CPU.
+    fn pin_to_one_cpu(&self) -> Result<usize, SysError>;
 }
 
 /// The kernel itself.
@@ -202,6 +204,12 @@ impl Kernel for Real {
     fn trim(&self, target: &Path) -> Result<u64, SysError> {
         super::trim::free_blocks(target)
             .map_err(|e| SysError::new("discarding free blocks of", target, e))
+    }
+
+    fn pin_to_one_cpu(&self) -> Result<usize, SysError> {
+        super::process::pin_to_one_cpu().map_err(|e| {
+            SysError::new("pinning to one CPU", Path::new("/proc/self"), std::io::Error::from(e))
+        })
     }
 }
 

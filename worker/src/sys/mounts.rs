@@ -30,13 +30,15 @@ pub fn proc_read_only(k: &impl Kernel, proc: &Path) -> Result<(), SysError> {
 
 /// The image's mount: its device nodes are made (mknod) but never opened, so nodev keeps an
 /// open of one from reaching the host kernel's driver; nothing in it runs (noexec, nosuid).
-/// Inode tables are not zeroed in the background while layers are written.
+/// Inode tables are not zeroed in the background while layers are written. Blocks are
+/// allocated as each write happens (`nodelalloc`), not when writeback gets to them, so
+/// where data lands depends on the order of writes, not on writeback's timing.
 pub fn image<'a>(dev: &'a Path, target: &'a Path) -> Mount<'a> {
     Mount {
         source: dev,
         target,
         fstype: "ext4",
         flags: MountFlags::NOATIME | MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC,
-        data: c"noinit_itable",
+        data: c"noinit_itable,nodelalloc",
     }
 }
