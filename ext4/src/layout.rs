@@ -54,6 +54,13 @@ pub struct Fs {
 
 impl Fs {
     pub fn open(disk: Disk) -> Result<Self> {
+        if disk.len() < SUPERBLOCK_OFFSET + SUPERBLOCK_LEN as u64 {
+            return Err(Ext4Error::NotExt4(format!(
+                "{}: {} bytes, too small to hold a superblock",
+                disk.name(),
+                disk.len()
+            )));
+        }
         let mut sb = vec![0u8; SUPERBLOCK_LEN];
         disk.read(SUPERBLOCK_OFFSET, &mut sb, &|| "the superblock".into())?;
         if le16(&sb, 0x38) != MAGIC {

@@ -31,6 +31,32 @@ pub enum Command {
     /// List or prune the registry blob cache ($XDG_CACHE_HOME/rootbox/oci).
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Name the ext4 structures two images differ in (superblock and inode fields with
+    /// paths, file blocks, directory blocks, the journal), without mounting them. Exits 0
+    /// when identical, 6 when they differ.
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    pub a: PathBuf,
+    pub b: PathBuf,
+    /// List every difference, not a few of each kind.
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl DiffArgs {
+    pub fn request(&self) -> crate::compare::Request {
+        crate::compare::Request {
+            a: self.a.clone(),
+            b: self.b.clone(),
+            json: self.json,
+            all: self.all,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,7 @@
 //! How a failed command ends: the one error line it prints (each cause said once), and the
 //! exit code, documented in README: 0 ok, 1 other, 2 usage, 3 source or verification,
-//! 4 content refused or build failed in the worker, 5 sandbox unavailable, 128+N signal.
+//! 4 content refused or build failed in the worker, 5 sandbox unavailable, 6 the images
+//! `rootbox diff` compared differ, 128+N signal.
 
 use crate::job::JobError;
 use crate::sandbox::Unavailable;
@@ -11,6 +12,8 @@ pub const USAGE: i32 = 2;
 pub const SOURCE: i32 = 3;
 pub const CONTENT: i32 = 4;
 pub const SANDBOX: i32 = 5;
+/// `rootbox diff`: the images differ.
+pub const DIFFERS: i32 = 6;
 
 /// What follows `rootbox: error: `: the error and its causes through the one chain formatter
 /// (`outer: inner: innermost`, each said once), then a lost worker's last output. Escaped:

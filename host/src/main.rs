@@ -8,6 +8,7 @@
 mod bundle;
 mod cache;
 mod cli;
+mod compare;
 mod digest;
 mod doctor;
 mod exit;
@@ -54,6 +55,10 @@ fn main() {
         }
         cli::Command::Doctor(args) => doctor::run(args.worker_image.as_deref(), args.json),
         cli::Command::Cache(c) => cache::run(&c.request()),
+        cli::Command::Diff(args) => match compare::run(&args.request()) {
+            Ok(false) => std::process::exit(exit::DIFFERS),
+            other => other.map(drop),
+        },
     };
     if let Err(e) = result {
         eprintln!("rootbox: error: {}", exit::message(&e));
