@@ -2,6 +2,8 @@
 //! the clock chose to values fixed by the build's inputs, and recomputes every checksum that
 //! depends on them. What it rewrites:
 //!
+//! - the reserved inodes (below `s_first_ino`: the journal, the resize inode): their access
+//!   and modification times too, which resize2fs and mke2fs take from the clock;
 //! - every inode in use: `i_generation` (which the kernel draws at random, and which seeds
 //!   the inode's checksum and so those of its extent tree and directory blocks), change and
 //!   creation times (the clock) → 0 and the epoch, its change counter (`i_version`, bumped
@@ -116,6 +118,7 @@ pub fn set_inode_csum(fs_seed: u32, ino: u64, raw: &mut [u8]) {
 fn inodes(fs: &Fs, opts: Options, report: &mut Report) -> Result<()> {
     let (ctime, ctime_epoch) = split_time(opts.epoch);
     let isz = fs.inode_size as usize;
+    let first_ino = u64::from(le32(&fs.sb, 0x54)).max(11);
     for (g, group) in fs.groups.iter().enumerate() {
         if group.flags & layout::BG_INODE_UNINIT != 0 && fs.csum_or_gdt_csum() {
             continue;
@@ -150,6 +153,17 @@ fn inodes(fs: &Fs, opts: Options, report: &mut Report) -> Result<()> {
             }
             if extra >= 28 {
                 put32(raw, 0x98, 0);
+            }
+            // The reserved inodes (the journal, the resize inode...) hold no image content:
+            // their access and modification times are e2fsprogs' and the kernel's clock.
+            if ino < first_ino {
+                put32(raw, 0x08, ctime);
+                put32(raw, 0x10, ctime);
+                for (o, need) in [(0x88, 12), (0x8C, 16)] {
+                    if extra >= need {
+                        put32(raw, o, ctime_epoch);
+                    }
+                }
             }
             if let Some(seed) = fs.csum_seed {
                 set_inode_csum(seed, ino, raw);

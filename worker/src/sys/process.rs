@@ -17,16 +17,22 @@ pub fn fork_run(child: impl FnOnce() -> i32) -> nix::Result<Pid> {
     }
 }
 
-/// Pins this process (and the children it forks after) to the first CPU it may run on, and
+/// Pins this process (and the children it forks after) to the CPU it runs on now, and
 /// returns that CPU. ext4 keeps per-CPU allocation pools and counters: a writer that moves
-/// between CPUs places blocks by where it happened to run.
+/// between CPUs places blocks by where it happened to run. Which CPU does not matter, only
+/// that it stays on one, so concurrent builds spread over the machine's CPUs.
 pub fn pin_to_one_cpu() -> nix::Result<usize> {
-    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::sched::{sched_getaffinity, sched_getcpu, sched_setaffinity, CpuSet};
     let me = Pid::from_raw(0);
     let allowed = sched_getaffinity(me)?;
-    let cpu = (0..CpuSet::count())
-        .find(|&c| allowed.is_set(c).unwrap_or(false))
-        .ok_or(nix::errno::Errno::EINVAL)?;
+    let now = sched_getcpu()?;
+    let cpu = if allowed.is_set(now).unwrap_or(false) {
+        now
+    } else {
+        (0..CpuSet::count())
+            .find(|&c| allowed.is_set(c).unwrap_or(false))
+            .ok_or(nix::errno::Errno::EINVAL)?
+    };
     let mut one = CpuSet::new();
     one.set(cpu)?;
     sched_setaffinity(me, &one)?;
