@@ -1,6 +1,7 @@
 //! Command-line flags, parsed by clap and then turned into the plain requests the commands
 //! take (`pull::Request`, `bundle::Request`, `cache::Command`): nothing below this module
-//! sees a clap type.
+//! sees a clap type. What the environment says that changes a build
+//! (`$SOURCE_DATE_EPOCH`) is read here too, into the request.
 
 use std::path::PathBuf;
 
@@ -132,6 +133,10 @@ pub struct PullArgs {
     /// Seconds a job may take in all, in either sandbox; 0 for no limit.
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     pub job_timeout: u64,
+    /// Skip the worker's canonicalising pass (for diagnosing reproducibility with
+    /// `rootbox diff`: shows what the pass fixes).
+    #[arg(long, hide = true)]
+    pub no_canonicalise: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -177,8 +182,9 @@ impl From<IsolationArg> for crate::sandbox::Isolation {
 }
 
 impl PullArgs {
-    pub fn request(&self) -> crate::pull::Request {
-        crate::pull::Request {
+    /// The checked request; fails on a malformed `$SOURCE_DATE_EPOCH`.
+    pub fn request(&self) -> Result<crate::pull::Request, crate::identity::BadEpoch> {
+        Ok(crate::pull::Request {
             source: self.source.clone(),
             output: self.output.clone(),
             isolation: self.isolation.into(),
@@ -199,21 +205,23 @@ impl PullArgs {
             vm_memory: self.vm_memory,
             boot_timeout: self.boot_timeout,
             job_timeout: self.job_timeout,
-        }
+            epoch: crate::identity::source_date_epoch()?,
+            canonicalise: !self.no_canonicalise,
+        })
     }
 }
 
 impl BundleArgs {
-    pub fn request(&self) -> crate::bundle::Request {
-        crate::bundle::Request {
-            build: self.build.request(),
+    pub fn request(&self) -> Result<crate::bundle::Request, crate::identity::BadEpoch> {
+        Ok(crate::bundle::Request {
+            build: self.build.request()?,
             name: self.name.clone(),
             distro: self.distro.clone(),
             arch: self.arch.clone(),
             kernel_ref: self.kernel_ref.clone(),
             description: self.description.clone(),
             zstd_level: self.zstd_level,
-        }
+        })
     }
 }
 
@@ -294,5 +302,27 @@ mod tests {
         };
         assert_eq!(older_than, Some(std::time::Duration::from_secs(30 * 86_400)));
         assert_eq!(max_size, Some(10 << 30));
+    }
+
+    #[test]
+    fn no_canonicalise_is_a_hidden_flag() {
+        let pull = |extra: &[&str]| {
+            let args = ["rootbox", "pull", "oci:/x", "-o", "o"].iter().chain(extra);
+            match Cli::try_parse_from(args).map(|c| c.command) {
+                Ok(Command::Pull(p)) => Ok(p),
+                Ok(other) => panic!("not pull: {other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        assert!(!pull(&[]).unwrap().no_canonicalise);
+        let p = pull(&["--no-canonicalise"]).unwrap();
+        assert!(p.no_canonicalise);
+        if std::env::var_os("SOURCE_DATE_EPOCH").is_none() {
+            let r = p.request().unwrap();
+            assert_eq!((r.canonicalise, r.epoch), (false, 0));
+        }
+        // Hidden: a diagnostic, not an everyday option.
+        let help = Cli::try_parse_from(["rootbox", "pull", "--help"]).unwrap_err().to_string();
+        assert!(help.contains("--label") && !help.contains("--no-canonicalise"), "{help}");
     }
 }

@@ -30,6 +30,9 @@ pub fn classify(e: &anyhow::Error) -> i32 {
         return OTHER;
     }
     for cause in e.chain() {
+        if cause.is::<crate::identity::BadEpoch>() {
+            return USAGE;
+        }
         if cause.is::<SourceError>() {
             return SOURCE;
         }
@@ -84,5 +87,11 @@ mod tests {
         assert_eq!(classify(&e), CONTENT);
         let e = anyhow::Error::new(remote(true)).context("building oci:x");
         assert_eq!(classify(&e), OTHER);
+    }
+
+    #[test]
+    fn a_malformed_source_date_epoch_is_a_usage_error() {
+        let bad = crate::identity::BadEpoch { value: "soon".into(), source: None };
+        assert_eq!(classify(&anyhow::Error::new(bad).context("pull")), USAGE);
     }
 }

@@ -11,6 +11,7 @@ mod cli;
 mod digest;
 mod doctor;
 mod exit;
+mod identity;
 mod inject;
 mod job;
 mod local;
@@ -48,10 +49,8 @@ fn main() {
         std::process::exit(exit::OTHER);
     }
     let result = match &cli.command {
-        cli::Command::Pull(args) => pull::run(&args.request()).and_then(|r| r.print(args.json)),
-        cli::Command::Bundle(args) => {
-            bundle::run(&args.request()).and_then(|r| r.print(args.build.json))
-        }
+        cli::Command::Pull(args) => (|| pull::run(&args.request()?)?.print(args.json))(),
+        cli::Command::Bundle(args) => (|| bundle::run(&args.request()?)?.print(args.build.json))(),
         cli::Command::Doctor(args) => doctor::run(args.worker_image.as_deref(), args.json),
         cli::Command::Cache(c) => cache::run(&c.request()),
     };

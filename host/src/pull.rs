@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use rootbox_proto::{JobSpec, LayerSpec, Limits, SizePolicy};
 
 use crate::digest::Digest;
+use crate::identity;
 use crate::inject;
 use crate::job::{self, Event};
 use crate::output::{self, Output};
@@ -50,6 +51,10 @@ pub struct Request {
     pub vm_memory: u64,
     pub boot_timeout: u64,
     pub job_timeout: u64,
+    /// The build's epoch (`identity::source_date_epoch`).
+    pub epoch: u64,
+    /// Run the worker's canonicalising pass (off: `--no-canonicalise`).
+    pub canonicalise: bool,
 }
 
 pub fn run(args: &Request) -> Result<Report> {
@@ -76,6 +81,22 @@ pub fn run(args: &Request) -> Result<Report> {
     let t = Instant::now();
     let injection = inject::layer(!args.no_default_assets, args.inject.as_deref())?;
     let injected = injection.is_some();
+    let injected_digest = injection.as_ref().map(|l| l.digest.clone());
+    let layer_digests: Vec<Digest> = image.layers.iter().map(|l| l.digest.clone()).collect();
+    let identity = identity::derive(
+        &identity::Inputs {
+            image: &image.digest,
+            layers: &layer_digests,
+            size: match args.size {
+                SizeArg::Auto => identity::Size::Auto { headroom_pct: args.headroom },
+                SizeArg::Exact(bytes) => identity::Size::Exact { bytes },
+            },
+            label: &args.label,
+            injected: injected_digest.as_ref(),
+            epoch: args.epoch,
+        },
+        args.canonicalise,
+    );
     let mut layers = pipeline::Layers::start(
         src.clone(),
         &image,
@@ -113,7 +134,7 @@ pub fn run(args: &Request) -> Result<Report> {
         label: Some(args.label.clone()),
         content_hint: layers.content_hint(),
         inject: injected,
-        identity: None,
+        identity: Some(identity),
     };
     let n = image.layers.len();
     let mut on_event = |e: Event| match e {
@@ -174,7 +195,7 @@ pub fn run(args: &Request) -> Result<Report> {
         entries: outcome.result.entries,
         source: what.clone(),
         source_digest: image.digest.clone(),
-        layers: image.layers.iter().map(|l| l.digest.clone()).collect(),
+        layers: layer_digests,
         diff_ids: outcome
             .shipped
             .iter()
