@@ -133,6 +133,10 @@ pub struct PullArgs {
     /// Seconds a job may take in all, in either sandbox; 0 for no limit.
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     pub job_timeout: u64,
+    /// Write a build record (JSON: the inputs, the environment, the output's sha256) to FILE
+    /// once the image is in place.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
     /// Skip the worker's canonicalising pass (for diagnosing reproducibility with
     /// `rootbox diff`: shows what the pass fixes).
     #[arg(long, hide = true)]
@@ -207,6 +211,7 @@ impl PullArgs {
             job_timeout: self.job_timeout,
             epoch: crate::identity::source_date_epoch()?,
             canonicalise: !self.no_canonicalise,
+            record: self.record.clone(),
         })
     }
 }
@@ -324,5 +329,20 @@ mod tests {
         // Hidden: a diagnostic, not an everyday option.
         let help = Cli::try_parse_from(["rootbox", "pull", "--help"]).unwrap_err().to_string();
         assert!(help.contains("--label") && !help.contains("--no-canonicalise"), "{help}");
+    }
+
+    #[test]
+    fn record_flag() {
+        let c = Cli::try_parse_from(["rootbox", "pull", "oci:/x", "-o", "o", "--record", "b.json"]);
+        let Command::Pull(p) = c.unwrap().command else { panic!("not pull") };
+        assert_eq!(p.record, Some(PathBuf::from("b.json")));
+        assert!(Cli::try_parse_from(["rootbox", "pull", "oci:/x", "-o", "o", "--record"]).is_err());
+        // bundle takes pull's options.
+        let c = Cli::try_parse_from(["rootbox", "bundle", "oci:/x", "-o", "b", "--record", "r"]);
+        let Command::Bundle(b) = c.unwrap().command else { panic!("not bundle") };
+        assert_eq!(b.build.record, Some(PathBuf::from("r")));
+        let c = Cli::try_parse_from(["rootbox", "pull", "oci:/x", "-o", "o"]).unwrap();
+        let Command::Pull(p) = c.command else { panic!("not pull") };
+        assert_eq!(p.record, None);
     }
 }

@@ -20,6 +20,7 @@ mod output;
 mod pipeline;
 mod progress;
 mod pull;
+mod record;
 #[cfg(test)]
 mod refusals;
 mod report;
