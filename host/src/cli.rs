@@ -1,5 +1,5 @@
 //! Command-line flags, parsed by clap and then turned into the plain requests the commands
-//! take (`pull::Request`, `bundle::Request`, `cache::Command`): nothing below this module
+//! take (`pull::Request`, `bundle::Request`, `verify::Request`, `cache::Command`): nothing below this module
 //! sees a clap type. What the environment says that changes a build
 //! (`$SOURCE_DATE_EPOCH`) is read here too, into the request.
 
@@ -27,6 +27,9 @@ pub enum Command {
     Pull(PullArgs),
     /// Build an ext4 root filesystem and pack it with a manifest into a tar+zstd bundle.
     Bundle(BundleArgs),
+    /// Rebuild what a build record (`pull --record`) describes and say whether the output is
+    /// byte-identical (exit 0) or differs (exit 6), and what changed since.
+    Verify(VerifyArgs),
     /// Report what rootbox found on this machine and which sandboxes can run.
     Doctor(DoctorArgs),
     /// List or prune the registry blob cache ($XDG_CACHE_HOME/rootbox/oci).
@@ -123,6 +126,21 @@ pub struct PullArgs {
     /// far larger than their compressed size or than their layers declare).
     #[arg(long)]
     pub fetch_first: bool,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// Write a build record (JSON: the inputs, the environment, the output's sha256) to FILE
+    /// once the image is in place; `rootbox verify FILE` rebuilds from it.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Skip the worker's canonicalising pass (for diagnosing reproducibility with
+    /// `rootbox diff`: shows what the pass fixes).
+    #[arg(long, hide = true)]
+    pub no_canonicalise: bool,
+}
+
+/// The sandbox's limits, for `pull` and `verify`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SandboxArgs {
     /// MicroVM guest memory (fixed: the worker streams, so it need not grow with the image).
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub vm_memory: u64,
@@ -133,14 +151,35 @@ pub struct PullArgs {
     /// Seconds a job may take in all, in either sandbox; 0 for no limit.
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     pub job_timeout: u64,
-    /// Write a build record (JSON: the inputs, the environment, the output's sha256) to FILE
-    /// once the image is in place.
-    #[arg(long, value_name = "FILE")]
-    pub record: Option<PathBuf>,
-    /// Skip the worker's canonicalising pass (for diagnosing reproducibility with
-    /// `rootbox diff`: shows what the pass fixes).
-    #[arg(long, hide = true)]
-    pub no_canonicalise: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// A build record written by `pull --record`.
+    pub record: PathBuf,
+    /// The sandbox to rebuild in (default: the one the record names).
+    #[arg(long, value_enum)]
+    pub isolation: Option<IsolationArg>,
+    /// The worker image directory (default: $ROOTBOX_WORKER_IMAGE, then the install location).
+    #[arg(long)]
+    pub worker_image: Option<PathBuf>,
+    /// Keep the rebuilt image at PATH (default: built in a temp dir and removed).
+    #[arg(long, value_name = "PATH")]
+    pub keep: Option<PathBuf>,
+    /// Print the verdict as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Print progress lines on stderr even when it is not a terminal.
+    #[arg(long)]
+    pub progress: bool,
+    /// Talk plain HTTP to the registry (for a registry on loopback).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Registry credentials (as for `pull`).
+    #[arg(long, value_name = "USER:PASS", value_parser = crate::source::registry::auth::Creds::parse)]
+    pub creds: Option<crate::source::registry::auth::Creds>,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -206,13 +245,31 @@ impl PullArgs {
             plain_http: self.plain_http,
             creds: self.creds.clone(),
             fetch_first: self.fetch_first,
-            vm_memory: self.vm_memory,
-            boot_timeout: self.boot_timeout,
-            job_timeout: self.job_timeout,
+            vm_memory: self.sandbox.vm_memory,
+            boot_timeout: self.sandbox.boot_timeout,
+            job_timeout: self.sandbox.job_timeout,
             epoch: crate::identity::source_date_epoch()?,
             canonicalise: !self.no_canonicalise,
             record: self.record.clone(),
         })
+    }
+}
+
+impl VerifyArgs {
+    pub fn request(&self) -> crate::verify::Request {
+        crate::verify::Request {
+            record: self.record.clone(),
+            isolation: self.isolation.map(Into::into),
+            worker_image: self.worker_image.clone(),
+            keep: self.keep.clone(),
+            json: self.json,
+            progress: self.progress,
+            plain_http: self.plain_http,
+            creds: self.creds.clone(),
+            vm_memory: self.sandbox.vm_memory,
+            boot_timeout: self.sandbox.boot_timeout,
+            job_timeout: self.sandbox.job_timeout,
+        }
     }
 }
 
@@ -344,5 +401,33 @@ mod tests {
         let c = Cli::try_parse_from(["rootbox", "pull", "oci:/x", "-o", "o"]).unwrap();
         let Command::Pull(p) = c.command else { panic!("not pull") };
         assert_eq!(p.record, None);
+    }
+
+    #[test]
+    fn verify_flags() {
+        let c = Cli::try_parse_from(["rootbox", "verify", "r.json"]).unwrap();
+        let Command::Verify(v) = c.command else { panic!("not verify") };
+        assert_eq!(v.record, PathBuf::from("r.json"));
+        assert_eq!((v.isolation, v.keep, v.json), (None, None, false));
+        let c = Cli::try_parse_from([
+            "rootbox",
+            "verify",
+            "r.json",
+            "--isolation",
+            "container",
+            "--worker-image",
+            "/w",
+            "--keep",
+            "re.ext4",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Verify(v) = c.command else { panic!("not verify") };
+        assert_eq!(v.isolation, Some(IsolationArg::Container));
+        assert_eq!(v.worker_image, Some(PathBuf::from("/w")));
+        assert_eq!(v.keep, Some(PathBuf::from("re.ext4")));
+        assert!(v.json);
+        assert!(Cli::try_parse_from(["rootbox", "verify"]).is_err(), "the record is required");
+        assert!(Cli::try_parse_from(["rootbox", "verify", "r", "--isolation", "chroot"]).is_err());
     }
 }

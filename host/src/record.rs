@@ -1,6 +1,7 @@
 //! The build record (`pull --record FILE`, and the `record` field of `--json`): what a build
-//! took and gave, enough to rebuild it and to say what changed when the rebuild differs. Its
-//! format is versioned (`record_version`). Written atomically: a temp file beside the target,
+//! took and gave, enough to rebuild it (`rootbox verify`) and to say what changed when the
+//! rebuild differs. Its format is versioned (`record_version`); a reader refuses a version it
+//! does not know rather than guess. Written atomically: a temp file beside the target,
 //! renamed over it, so a reader never sees half a record.
 
 use std::io::Write;
@@ -100,12 +101,54 @@ impl From<&rootbox_proto::Identity> for Identity {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
+    #[error("reading the build record {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the build record {path} is not a record of the expected shape")]
+    Shape {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A record this rootbox cannot read (a usage error, exit code 2).
+    #[error("the build record {path} has record_version {found}; this rootbox ({}) reads version {VERSION} only", env!("CARGO_PKG_VERSION"))]
+    Version { path: PathBuf, found: String },
     #[error("writing the build record {path}")]
     Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+impl RecordError {
+    /// The record itself is unusable (not an I/O failure writing one).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::Shape { .. } | Self::Version { .. })
+    }
+}
+
+/// Reads a record, refusing any `record_version` but [`VERSION`] before looking at the rest.
+pub fn read(path: &Path) -> Result<Record, RecordError> {
+    let bytes =
+        std::fs::read(path).map_err(|source| RecordError::Read { path: path.into(), source })?;
+    parse(&bytes, path)
+}
+
+fn parse(bytes: &[u8], path: &Path) -> Result<Record, RecordError> {
+    let shape = |source| RecordError::Shape { path: path.into(), source };
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(shape)?;
+    match v.get("record_version") {
+        Some(n) if n.as_u64() == Some(VERSION) => {}
+        Some(other) => {
+            return Err(RecordError::Version { path: path.into(), found: other.to_string() })
+        }
+        None => return Err(RecordError::Version { path: path.into(), found: "missing".into() }),
+    }
+    serde_json::from_value(v).map_err(shape)
 }
 
 /// Writes `record` to `path`: into a temp file beside it, synced, then renamed over it.
@@ -129,6 +172,54 @@ pub fn write(record: &Record, path: &Path) -> Result<(), RecordError> {
     temp.as_file().sync_all().map_err(err)?;
     temp.persist(path).map_err(|e| err(e.error))?;
     Ok(())
+}
+
+/// One field whose value differs between a record and its rebuild.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Difference {
+    pub field: &'static str,
+    pub record: String,
+    pub now: String,
+}
+
+/// The fields outside the image's bytes that can explain a different output: the
+/// environment (worker image, host kernel, rootbox version, sandbox) and the inputs a source
+/// can change under the same name (a tag moved, an `--inject` tree edited).
+pub fn differences(then: &Record, now: &Record) -> Vec<Difference> {
+    fn opt(s: &Option<impl ToString>) -> String {
+        s.as_ref().map_or_else(|| "none".to_string(), |s| s.to_string())
+    }
+    let list = |l: &[Digest]| l.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
+    let iso = |i: &Isolation| {
+        [Some(i.sandbox.clone()), i.vmm.clone(), i.accel.clone()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let fields = [
+        (
+            "worker_image_digest",
+            then.worker_image_digest.to_string(),
+            now.worker_image_digest.to_string(),
+        ),
+        ("host_kernel", opt(&then.host_kernel), opt(&now.host_kernel)),
+        ("rootbox_version", then.rootbox_version.clone(), now.rootbox_version.clone()),
+        ("isolation", iso(&then.isolation), iso(&now.isolation)),
+        ("image_digest", then.image_digest.to_string(), now.image_digest.to_string()),
+        ("layers", list(&then.layers), list(&now.layers)),
+        (
+            "options.injected_digest",
+            opt(&then.options.injected_digest),
+            opt(&now.options.injected_digest),
+        ),
+        ("identity.uuid", then.identity.uuid.clone(), now.identity.uuid.clone()),
+    ];
+    fields
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(field, record, now)| Difference { field, record, now })
+        .collect()
 }
 
 #[cfg(test)]
@@ -171,7 +262,7 @@ pub mod tests {
         let mut r = sample();
         r.options.size = Size::Exact(4 << 30);
         write(&r, &p).unwrap();
-        assert_eq!(serde_json::from_slice::<Record>(&std::fs::read(&p).unwrap()).unwrap(), r);
+        assert_eq!(read(&p).unwrap(), r);
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         assert_eq!(v["options"]["size"]["exact"], 4u64 << 30);
         assert_eq!(v["record_version"], 1);
@@ -180,7 +271,42 @@ pub mod tests {
         let names: Vec<_> =
             std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["build.json"]);
-        let again: Record = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-        assert_eq!(again.options.size, Size::Auto);
+        assert_eq!(read(&p).unwrap().options.size, Size::Auto);
+    }
+
+    #[test]
+    fn unknown_versions_are_refused_before_the_shape() {
+        let p = Path::new("r.json");
+        for (json, found) in [
+            (r#"{"record_version":2,"anything":"else"}"#, "2"),
+            (r#"{"record_version":"1"}"#, "\"1\""),
+            (r#"{"sha256":"x"}"#, "missing"),
+        ] {
+            match parse(json.as_bytes(), p) {
+                Err(e @ RecordError::Version { .. }) => {
+                    assert!(e.is_usage());
+                    let shown = e.to_string();
+                    assert!(shown.contains(&format!("record_version {found}")), "{shown}");
+                    assert!(shown.contains("version 1 only"), "{shown}");
+                }
+                other => panic!("{json}: {other:?}"),
+            }
+        }
+        assert!(matches!(parse(b"{\"record_version\":1}", p), Err(RecordError::Shape { .. })));
+        assert!(matches!(parse(b"not json", p), Err(RecordError::Shape { .. })));
+    }
+
+    #[test]
+    fn differences_name_the_fields_that_moved() {
+        let a = sample();
+        assert_eq!(differences(&a, &a), []);
+        let mut b = sample();
+        b.worker_image_digest = Digest::of(b"other worker");
+        b.host_kernel = None;
+        b.sha256 = Digest::of(b"other out");
+        let d = differences(&a, &b);
+        let fields: Vec<_> = d.iter().map(|d| d.field).collect();
+        assert_eq!(fields, ["worker_image_digest", "host_kernel"]);
+        assert_eq!((d[1].record.as_str(), d[1].now.as_str()), ("6.1.0", "none"));
     }
 }
