@@ -113,7 +113,7 @@ pub enum RecordError {
         #[source]
         source: serde_json::Error,
     },
-    /// A record this rootbox cannot read (a usage error, exit code 2).
+    /// A record of a version this rootbox does not read.
     #[error("the build record {path} has record_version {found}; this rootbox ({}) reads version {VERSION} only", env!("CARGO_PKG_VERSION"))]
     Version { path: PathBuf, found: String },
     #[error("writing the build record {path}")]
@@ -125,9 +125,10 @@ pub enum RecordError {
 }
 
 impl RecordError {
-    /// The record itself is unusable (not an I/O failure writing one).
+    /// The record given cannot be used (missing, malformed, another version): a usage error,
+    /// unlike failing to write one.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Self::Shape { .. } | Self::Version { .. })
+        !matches!(self, Self::Write { .. })
     }
 }
 
