@@ -36,6 +36,7 @@ fn job() -> JobSpec {
         label: Some("rootfs".into()),
         content_hint: 1 << 20,
         inject: true,
+        identity: None,
     }
 }
 
