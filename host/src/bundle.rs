@@ -180,6 +180,9 @@ pub fn run(args: &Request) -> Result<BundleReport> {
         .context("creating a temp dir beside the bundle")?;
     let mut build_args = args.build.clone();
     build_args.output = scratch.path().join("rootfs.ext4");
+    // The record (of the rootfs: the bundle's manifest has a creation time) is written once
+    // the bundle is in place, not when the rootfs is.
+    build_args.record = None;
     let report = pull::run(&build_args)?;
 
     let distro = args.distro.clone().unwrap_or_else(|| {
@@ -223,6 +226,9 @@ pub fn run(args: &Request) -> Result<BundleReport> {
     temp.as_file().set_permissions(perms)?;
     temp.as_file().sync_all()?;
     temp.persist(out).map_err(|e| e.error).with_context(|| format!("writing {}", out.display()))?;
+    if let Some(p) = &args.build.record {
+        crate::record::write(&report.record, p)?;
+    }
     Ok(BundleReport { path: out.clone(), sha256, size_bytes, manifest, build: report })
 }
 

@@ -1,6 +1,7 @@
 //! Command-line flags, parsed by clap and then turned into the plain requests the commands
-//! take (`pull::Request`, `bundle::Request`, `cache::Command`): nothing below this module
-//! sees a clap type.
+//! take (`pull::Request`, `bundle::Request`, `verify::Request`, `cache::Command`): nothing below this module
+//! sees a clap type. What the environment says that changes a build
+//! (`$SOURCE_DATE_EPOCH`) is read here too, into the request.
 
 use std::path::PathBuf;
 
@@ -26,6 +27,9 @@ pub enum Command {
     Pull(PullArgs),
     /// Build an ext4 root filesystem and pack it with a manifest into a tar+zstd bundle.
     Bundle(BundleArgs),
+    /// Rebuild what a build record (`pull --record`) describes and say whether the output is
+    /// byte-identical (exit 0) or differs (exit 6), and what changed since.
+    Verify(VerifyArgs),
     /// Report what rootbox found on this machine and which sandboxes can run.
     Doctor(DoctorArgs),
     /// List or prune the registry blob cache ($XDG_CACHE_HOME/rootbox/oci).
@@ -148,6 +152,21 @@ pub struct PullArgs {
     /// far larger than their compressed size or than their layers declare).
     #[arg(long)]
     pub fetch_first: bool,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// Write a build record (JSON: the inputs, the environment, the output's sha256) to FILE
+    /// once the image is in place; `rootbox verify FILE` rebuilds from it.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Skip the worker's canonicalising pass (for diagnosing reproducibility with
+    /// `rootbox diff`: shows what the pass fixes).
+    #[arg(long, hide = true)]
+    pub no_canonicalise: bool,
+}
+
+/// The sandbox's limits, for `pull` and `verify`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SandboxArgs {
     /// MicroVM guest memory (fixed: the worker streams, so it need not grow with the image).
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub vm_memory: u64,
@@ -158,6 +177,35 @@ pub struct PullArgs {
     /// Seconds a job may take in all, in either sandbox; 0 for no limit.
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     pub job_timeout: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// A build record written by `pull --record`.
+    pub record: PathBuf,
+    /// The sandbox to rebuild in (default: the one the record names).
+    #[arg(long, value_enum)]
+    pub isolation: Option<IsolationArg>,
+    /// The worker image directory (default: $ROOTBOX_WORKER_IMAGE, then the install location).
+    #[arg(long)]
+    pub worker_image: Option<PathBuf>,
+    /// Keep the rebuilt image at PATH (default: built in a temp dir and removed).
+    #[arg(long, value_name = "PATH")]
+    pub keep: Option<PathBuf>,
+    /// Print the verdict as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Print progress lines on stderr even when it is not a terminal.
+    #[arg(long)]
+    pub progress: bool,
+    /// Talk plain HTTP to the registry (for a registry on loopback).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Registry credentials (as for `pull`).
+    #[arg(long, value_name = "USER:PASS", value_parser = crate::source::registry::auth::Creds::parse)]
+    pub creds: Option<crate::source::registry::auth::Creds>,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -203,8 +251,9 @@ impl From<IsolationArg> for crate::sandbox::Isolation {
 }
 
 impl PullArgs {
-    pub fn request(&self) -> crate::pull::Request {
-        crate::pull::Request {
+    /// The checked request; fails on a malformed `$SOURCE_DATE_EPOCH`.
+    pub fn request(&self) -> Result<crate::pull::Request, crate::identity::BadEpoch> {
+        Ok(crate::pull::Request {
             source: self.source.clone(),
             output: self.output.clone(),
             isolation: self.isolation.into(),
@@ -222,24 +271,45 @@ impl PullArgs {
             plain_http: self.plain_http,
             creds: self.creds.clone(),
             fetch_first: self.fetch_first,
-            vm_memory: self.vm_memory,
-            boot_timeout: self.boot_timeout,
-            job_timeout: self.job_timeout,
+            vm_memory: self.sandbox.vm_memory,
+            boot_timeout: self.sandbox.boot_timeout,
+            job_timeout: self.sandbox.job_timeout,
+            epoch: crate::identity::source_date_epoch()?,
+            canonicalise: !self.no_canonicalise,
+            record: self.record.clone(),
+        })
+    }
+}
+
+impl VerifyArgs {
+    pub fn request(&self) -> crate::verify::Request {
+        crate::verify::Request {
+            record: self.record.clone(),
+            isolation: self.isolation.map(Into::into),
+            worker_image: self.worker_image.clone(),
+            keep: self.keep.clone(),
+            json: self.json,
+            progress: self.progress,
+            plain_http: self.plain_http,
+            creds: self.creds.clone(),
+            vm_memory: self.sandbox.vm_memory,
+            boot_timeout: self.sandbox.boot_timeout,
+            job_timeout: self.sandbox.job_timeout,
         }
     }
 }
 
 impl BundleArgs {
-    pub fn request(&self) -> crate::bundle::Request {
-        crate::bundle::Request {
-            build: self.build.request(),
+    pub fn request(&self) -> Result<crate::bundle::Request, crate::identity::BadEpoch> {
+        Ok(crate::bundle::Request {
+            build: self.build.request()?,
             name: self.name.clone(),
             distro: self.distro.clone(),
             arch: self.arch.clone(),
             kernel_ref: self.kernel_ref.clone(),
             description: self.description.clone(),
             zstd_level: self.zstd_level,
-        }
+        })
     }
 }
 
@@ -320,5 +390,70 @@ mod tests {
         };
         assert_eq!(older_than, Some(std::time::Duration::from_secs(30 * 86_400)));
         assert_eq!(max_size, Some(10 << 30));
+    }
+
+    #[test]
+    fn no_canonicalise_is_a_hidden_flag() {
+        let pull = |extra: &[&str]| {
+            let args = ["rootbox", "pull", "oci:/x", "-o", "o"].iter().chain(extra);
+            match Cli::try_parse_from(args).map(|c| c.command) {
+                Ok(Command::Pull(p)) => Ok(p),
+                Ok(other) => panic!("not pull: {other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        assert!(!pull(&[]).unwrap().no_canonicalise);
+        let p = pull(&["--no-canonicalise"]).unwrap();
+        assert!(p.no_canonicalise);
+        if std::env::var_os("SOURCE_DATE_EPOCH").is_none() {
+            let r = p.request().unwrap();
+            assert_eq!((r.canonicalise, r.epoch), (false, 0));
+        }
+        // Hidden: a diagnostic, not an everyday option.
+        let help = Cli::try_parse_from(["rootbox", "pull", "--help"]).unwrap_err().to_string();
+        assert!(help.contains("--label") && !help.contains("--no-canonicalise"), "{help}");
+    }
+
+    #[test]
+    fn record_flag() {
+        let c = Cli::try_parse_from(["rootbox", "pull", "oci:/x", "-o", "o", "--record", "b.json"]);
+        let Command::Pull(p) = c.unwrap().command else { panic!("not pull") };
+        assert_eq!(p.record, Some(PathBuf::from("b.json")));
+        assert!(Cli::try_parse_from(["rootbox", "pull", "oci:/x", "-o", "o", "--record"]).is_err());
+        // bundle takes pull's options.
+        let c = Cli::try_parse_from(["rootbox", "bundle", "oci:/x", "-o", "b", "--record", "r"]);
+        let Command::Bundle(b) = c.unwrap().command else { panic!("not bundle") };
+        assert_eq!(b.build.record, Some(PathBuf::from("r")));
+        let c = Cli::try_parse_from(["rootbox", "pull", "oci:/x", "-o", "o"]).unwrap();
+        let Command::Pull(p) = c.command else { panic!("not pull") };
+        assert_eq!(p.record, None);
+    }
+
+    #[test]
+    fn verify_flags() {
+        let c = Cli::try_parse_from(["rootbox", "verify", "r.json"]).unwrap();
+        let Command::Verify(v) = c.command else { panic!("not verify") };
+        assert_eq!(v.record, PathBuf::from("r.json"));
+        assert_eq!((v.isolation, v.keep, v.json), (None, None, false));
+        let c = Cli::try_parse_from([
+            "rootbox",
+            "verify",
+            "r.json",
+            "--isolation",
+            "container",
+            "--worker-image",
+            "/w",
+            "--keep",
+            "re.ext4",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Verify(v) = c.command else { panic!("not verify") };
+        assert_eq!(v.isolation, Some(IsolationArg::Container));
+        assert_eq!(v.worker_image, Some(PathBuf::from("/w")));
+        assert_eq!(v.keep, Some(PathBuf::from("re.ext4")));
+        assert!(v.json);
+        assert!(Cli::try_parse_from(["rootbox", "verify"]).is_err(), "the record is required");
+        assert!(Cli::try_parse_from(["rootbox", "verify", "r", "--isolation", "chroot"]).is_err());
     }
 }

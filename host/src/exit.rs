@@ -1,7 +1,7 @@
 //! How a failed command ends: the one error line it prints (each cause said once), and the
 //! exit code, documented in README: 0 ok, 1 other, 2 usage, 3 source or verification,
-//! 4 content refused or build failed in the worker, 5 sandbox unavailable, 6 the images
-//! `rootbox diff` compared differ, 128+N signal.
+//! 4 content refused or build failed in the worker, 5 sandbox unavailable, 6 different
+//! (`verify`: the rebuild is not the record's bytes; `diff`: the images differ), 128+N signal.
 
 use crate::job::JobError;
 use crate::sandbox::Unavailable;
@@ -12,7 +12,8 @@ pub const USAGE: i32 = 2;
 pub const SOURCE: i32 = 3;
 pub const CONTENT: i32 = 4;
 pub const SANDBOX: i32 = 5;
-/// `rootbox diff`: the images differ.
+/// A verdict, not an error (nothing failed), printed on stdout: `rootbox verify`'s rebuild
+/// finished and its sha256 is not the record's; `rootbox diff`'s images differ.
 pub const DIFFERS: i32 = 6;
 
 /// What follows `rootbox: error: `: the error and its causes through the one chain formatter
@@ -33,6 +34,12 @@ pub fn classify(e: &anyhow::Error) -> i32 {
         return OTHER;
     }
     for cause in e.chain() {
+        if cause.is::<crate::identity::BadEpoch>() {
+            return USAGE;
+        }
+        if cause.downcast_ref::<crate::record::RecordError>().is_some_and(|r| r.is_usage()) {
+            return USAGE;
+        }
         if cause.is::<SourceError>() {
             return SOURCE;
         }
@@ -87,5 +94,21 @@ mod tests {
         assert_eq!(classify(&e), CONTENT);
         let e = anyhow::Error::new(remote(true)).context("building oci:x");
         assert_eq!(classify(&e), OTHER);
+    }
+
+    #[test]
+    fn a_malformed_source_date_epoch_is_a_usage_error() {
+        let bad = crate::identity::BadEpoch { value: "soon".into(), source: None };
+        assert_eq!(classify(&anyhow::Error::new(bad).context("pull")), USAGE);
+    }
+
+    #[test]
+    fn a_record_verify_cannot_read_is_a_usage_error_and_failing_to_write_one_is_not() {
+        use crate::record::RecordError;
+        let version = RecordError::Version { path: "r.json".into(), found: "2".into() };
+        assert_eq!(classify(&anyhow::Error::new(version).context("verify")), USAGE);
+        let write =
+            RecordError::Write { path: "r.json".into(), source: std::io::ErrorKind::Other.into() };
+        assert_eq!(classify(&anyhow::Error::new(write)), OTHER);
     }
 }

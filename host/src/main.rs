@@ -12,6 +12,7 @@ mod compare;
 mod digest;
 mod doctor;
 mod exit;
+mod identity;
 mod inject;
 mod job;
 mod local;
@@ -20,6 +21,7 @@ mod output;
 mod pipeline;
 mod progress;
 mod pull;
+mod record;
 #[cfg(test)]
 mod refusals;
 mod report;
@@ -30,6 +32,7 @@ mod size;
 mod source;
 #[allow(unsafe_code)]
 mod sys;
+mod verify;
 mod worker_image;
 
 use clap::Parser;
@@ -48,20 +51,28 @@ fn main() {
         eprintln!("rootbox: error: {}", exit::message(&e));
         std::process::exit(exit::OTHER);
     }
+    let ok = |r: anyhow::Result<()>| r.map(|()| 0);
     let result = match &cli.command {
-        cli::Command::Pull(args) => pull::run(&args.request()).and_then(|r| r.print(args.json)),
+        cli::Command::Pull(args) => ok((|| pull::run(&args.request()?)?.print(args.json))()),
         cli::Command::Bundle(args) => {
-            bundle::run(&args.request()).and_then(|r| r.print(args.build.json))
+            ok((|| bundle::run(&args.request()?)?.print(args.build.json))())
         }
-        cli::Command::Doctor(args) => doctor::run(args.worker_image.as_deref(), args.json),
-        cli::Command::Cache(c) => cache::run(&c.request()),
-        cli::Command::Diff(args) => match compare::run(&args.request()) {
-            Ok(false) => std::process::exit(exit::DIFFERS),
-            other => other.map(drop),
-        },
+        cli::Command::Verify(args) => verify::run(&args.request()).and_then(|v| {
+            v.print(args.json)?;
+            Ok(v.exit_code())
+        }),
+        cli::Command::Doctor(args) => ok(doctor::run(args.worker_image.as_deref(), args.json)),
+        cli::Command::Cache(c) => ok(cache::run(&c.request())),
+        cli::Command::Diff(args) => {
+            compare::run(&args.request()).map(|same| if same { 0 } else { exit::DIFFERS })
+        }
     };
-    if let Err(e) = result {
-        eprintln!("rootbox: error: {}", exit::message(&e));
-        std::process::exit(exit::classify(&e));
+    match result {
+        Ok(0) => {}
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("rootbox: error: {}", exit::message(&e));
+            std::process::exit(exit::classify(&e));
+        }
     }
 }

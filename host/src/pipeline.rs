@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
 use crate::progress::Progress;
+use crate::source::spec::Compression;
 use crate::source::verify::{self, Checked};
 use crate::source::{Image, Layer, Source, SourceError};
 
@@ -86,6 +87,7 @@ pub struct Layers {
     workers: Vec<std::thread::JoinHandle<()>>,
     streaming: bool,
     compressed: u64,
+    hint: u64,
     known_uncompressed: u64,
     /// Every layer was verified in full before the build: `known_uncompressed` is exact.
     exact: bool,
@@ -144,8 +146,10 @@ impl Layers {
             }
             None => None,
         };
+        let hint = content_hint(image, limit)?;
         let mut me = Self {
             compressed: layers.iter().map(|l| l.blob.len()).sum(),
+            hint,
             image_layers: layers,
             what: image.name.clone(),
             limit,
@@ -203,14 +207,9 @@ impl Layers {
         self.exact
     }
 
-    /// The expected content size, for the journal: exact or declared, or 4 × the compressed
-    /// bytes.
+    /// The expected content size, for the journal: see [`content_hint`].
     pub fn content_hint(&self) -> u64 {
-        if self.streaming {
-            self.compressed.saturating_mul(4).min(self.limit)
-        } else {
-            self.known_uncompressed
-        }
+        self.hint
     }
 
     fn next_image_layer(&mut self) -> Option<Item> {
@@ -287,6 +286,26 @@ impl Drop for Layers {
             let _ = w.join();
         }
     }
+}
+
+/// The content size the worker sizes the journal from (`JobSpec::content_hint`): it changes
+/// the output bytes, so it is a function of the image alone, the same whether the layers
+/// stream from a registry, come from the cache or a local source, or were verified first:
+/// the sum over the layers of the blob size the image declares, × 4 for a compressed layer,
+/// × 1 for a plain tar, at most `limit` (`--max-uncompressed`). Compression is known from the
+/// media type, or (docker-archive, flat tars: always local) sniffed from the blob's first
+/// bytes. The injected files do not count.
+pub fn content_hint(image: &Image, limit: u64) -> Result<u64, SourceError> {
+    let n = image.layers.len();
+    let mut hint = 0u64;
+    for (i, l) in image.layers.iter().enumerate() {
+        let factor = match verify::compression_of(l, &layer_what(&image.name, i, n, l))? {
+            Compression::None => 1,
+            Compression::Gzip | Compression::Zstd => 4,
+        };
+        hint = hint.saturating_add(l.blob.len().saturating_mul(factor));
+    }
+    Ok(hint.min(limit))
 }
 
 /// The uncompressed size a remote image's scratch file is made for, before any layer is
@@ -401,6 +420,70 @@ mod tests {
         assert_eq!(digests, want);
         let fetches = f.fetches.lock().unwrap();
         assert_eq!(fetches.iter().filter(|&&i| i == 1).count(), 2, "{fetches:?}");
+    }
+
+    /// The journal's hint is the image's, whichever way its layers arrive: streamed from a
+    /// registry, fetched first, or local (checked up front, or verified in full).
+    #[test]
+    fn the_content_hint_is_the_same_on_every_path() {
+        let mut hints = Vec::new();
+        let mut total = 0;
+        for (remote, fetch_first) in [(true, false), (true, true), (false, false), (false, true)] {
+            let f = fake(false, remote, remote);
+            let image = f.resolve(&PlatformSpec::parse("linux/amd64").unwrap()).unwrap();
+            total = image.layers.iter().map(|l| l.blob.len()).sum();
+            let src: Arc<dyn Source> = f.clone();
+            let layers =
+                Layers::start(src, &image, None, 1 << 20, fetch_first, &Progress::default());
+            hints.push(layers.expect("started").content_hint());
+        }
+        assert_eq!(
+            hints, [total; 4],
+            "streamed, streamed --fetch-first, local, local --fetch-first"
+        );
+    }
+
+    /// Compressed layers count 4 × their blob, plain ones 1 ×, whether the media type says so
+    /// or the first bytes do; the sum stops at the limit.
+    #[test]
+    fn the_content_hint_counts_compressed_blobs_four_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&[7u8; 10_000]).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::bulk::compress(&[7u8; 10_000], 3).unwrap();
+        let plain = vec![0u8; 3072];
+        let layer = |name: &str, bytes: &[u8], compression| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            Layer {
+                digest: Digest::of(bytes),
+                verify_digest: true,
+                diff_id: None,
+                compression,
+                blob: BlobLocation::File { path, offset: 0, len: bytes.len() as u64 },
+            }
+        };
+        let layers = vec![
+            layer("gz-known", &gz, CompressionHint::Known(Compression::Gzip)),
+            layer("gz-sniffed", &gz, CompressionHint::Sniff),
+            layer("zst-sniffed", &zst, CompressionHint::Sniff),
+            layer("plain-known", &plain, CompressionHint::Known(Compression::None)),
+            layer("plain-sniffed", &plain, CompressionHint::Sniff),
+        ];
+        let image = Image { name: "img".into(), digest: Digest::of(b"m"), layers };
+        let (g, z, p) = (gz.len() as u64, zst.len() as u64, plain.len() as u64);
+        let want = 4 * g + 4 * g + 4 * z + p + p;
+        assert_eq!(content_hint(&image, u64::MAX).unwrap(), want);
+        assert_eq!(content_hint(&image, want - 1).unwrap(), want - 1);
+        // A blob to sniff that is not there is an error naming the layer, not a guess.
+        let mut gone = image.clone();
+        gone.layers.push(Layer {
+            blob: BlobLocation::File { path: dir.path().join("absent"), offset: 0, len: 1 },
+            ..gone.layers[4].clone()
+        });
+        let e = content_hint(&gone, u64::MAX).unwrap_err();
+        assert!(e.to_string().contains("img layer 6 of 6"), "{e}");
     }
 
     #[test]

@@ -7,11 +7,13 @@ use anyhow::{bail, Context, Result};
 use rootbox_proto::{JobSpec, LayerSpec, Limits, SizePolicy};
 
 use crate::digest::Digest;
+use crate::identity;
 use crate::inject;
 use crate::job::{self, Event};
 use crate::output::{self, Output};
 use crate::pipeline;
 use crate::progress::Progress;
+use crate::record::{self, Record};
 use crate::report::{Report, SanitisedEntry};
 use crate::sandbox::{self, Unavailable};
 use crate::size::{human, SizeArg};
@@ -50,6 +52,12 @@ pub struct Request {
     pub vm_memory: u64,
     pub boot_timeout: u64,
     pub job_timeout: u64,
+    /// The build's epoch (`identity::source_date_epoch`).
+    pub epoch: u64,
+    /// Run the worker's canonicalising pass (off: `--no-canonicalise`).
+    pub canonicalise: bool,
+    /// Write the build record here once the image is in place.
+    pub record: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: &Request) -> Result<Report> {
@@ -76,6 +84,22 @@ pub fn run(args: &Request) -> Result<Report> {
     let t = Instant::now();
     let injection = inject::layer(!args.no_default_assets, args.inject.as_deref())?;
     let injected = injection.is_some();
+    let injected_digest = injection.as_ref().map(|l| l.digest.clone());
+    let layer_digests: Vec<Digest> = image.layers.iter().map(|l| l.digest.clone()).collect();
+    let identity = identity::derive(
+        &identity::Inputs {
+            image: &image.digest,
+            layers: &layer_digests,
+            size: match args.size {
+                SizeArg::Auto => identity::Size::Auto { headroom_pct: args.headroom },
+                SizeArg::Exact(bytes) => identity::Size::Exact { bytes },
+            },
+            label: &args.label,
+            injected: injected_digest.as_ref(),
+            epoch: args.epoch,
+        },
+        args.canonicalise,
+    );
     let mut layers = pipeline::Layers::start(
         src.clone(),
         &image,
@@ -113,7 +137,7 @@ pub fn run(args: &Request) -> Result<Report> {
         label: Some(args.label.clone()),
         content_hint: layers.content_hint(),
         inject: injected,
-        identity: None,
+        identity: Some(identity.clone()),
     };
     let n = image.layers.len();
     let mut on_event = |e: Event| match e {
@@ -164,6 +188,42 @@ pub fn run(args: &Request) -> Result<Report> {
     let (path, sha256) =
         out.finish(size).with_context(|| format!("writing {}", args.output.display()))?;
     say(format!("wrote {} ({})", path.display(), human(size)));
+    let record = Record {
+        record_version: record::VERSION,
+        rootbox_version: env!("CARGO_PKG_VERSION").into(),
+        source: what.clone(),
+        image_digest: image.digest.clone(),
+        layers: layer_digests,
+        platform: args.platform.to_string(),
+        isolation: record::Isolation {
+            sandbox: plan.isolation().into(),
+            vmm: plan.vmm().map(Into::into),
+            accel: plan.accel().map(Into::into),
+        },
+        worker_image_digest: wimage.digest(sandbox::worker_image_part(plan))?,
+        host_kernel: matches!(plan, sandbox::Plan::Container).then(host_kernel),
+        options: record::Options {
+            size: match args.size {
+                SizeArg::Auto => record::Size::Auto,
+                SizeArg::Exact(n) => record::Size::Exact(n),
+            },
+            headroom: args.headroom,
+            label: args.label.clone(),
+            injected_digest,
+            no_default_assets: args.no_default_assets,
+            inject: args.inject.clone(),
+            epoch: args.epoch,
+            canonicalise: args.canonicalise,
+            max_uncompressed: args.max_uncompressed,
+            max_entries: args.max_entries,
+        },
+        identity: (&identity).into(),
+        sha256: sha256.clone(),
+        size_bytes: size,
+    };
+    if let Some(p) = &args.record {
+        record::write(&record, p)?;
+    }
 
     Ok(Report {
         path,
@@ -222,7 +282,14 @@ pub fn run(args: &Request) -> Result<Report> {
             worker: outcome.result.phase_ms.iter().map(|(p, ms)| (p.to_string(), *ms)).collect(),
             total: started.elapsed().as_millis() as u64,
         },
+        record,
     })
+}
+
+/// The running kernel's release (`uname -r`): the container sandbox's worker writes the image
+/// through it.
+fn host_kernel() -> String {
+    rustix::system::uname().release().to_string_lossy().into_owned()
 }
 
 /// Opens the source and resolves its image: every refusal of the image's documents (and of

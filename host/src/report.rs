@@ -68,6 +68,8 @@ pub struct Report {
     /// ...and how many of each kind.
     pub sanitised_by_kind: BTreeMap<SanitisedKind, u64>,
     pub timings_ms: Timings,
+    /// The build record (`--record FILE` writes the same object).
+    pub record: crate::record::Record,
 }
 
 impl Report {

@@ -14,5 +14,6 @@ mod hostile;
 mod inject;
 mod leftovers;
 mod registry;
+mod reproducible;
 mod util;
 mod vm;

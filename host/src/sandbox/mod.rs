@@ -102,6 +102,15 @@ impl Plan {
     }
 }
 
+/// What of the worker image `plan` runs: the container root, or the microVM's kernel and
+/// initramfs (the initramfs is packed from that root).
+pub fn worker_image_part(plan: &Plan) -> crate::worker_image::Part<'static> {
+    match plan {
+        Plan::Container => crate::worker_image::Part::Rootfs,
+        Plan::Vm(_) => crate::worker_image::Part::Files(&[vm::KERNEL_FILE, vm::INITRD_FILE]),
+    }
+}
+
 /// Probes this machine and decides (see choice.rs for the table): `vm`: Firecracker with
 /// KVM, QEMU with KVM, QEMU with TCG; `container`: the namespace container; `auto`: the
 /// microVM with KVM, else the container, else the microVM with TCG as the last resort.

@@ -75,6 +75,16 @@ fn compression(layer: &Layer) -> io::Result<Compression> {
     }
 }
 
+/// How a layer is compressed: from its media type, else from its blob's first bytes (read
+/// from disk: a layer to sniff is always local).
+pub fn compression_of(layer: &Layer, what: &str) -> Result<Compression, SourceError> {
+    compression(layer).map_err(|source| SourceError::Io {
+        what: what.into(),
+        path: blob_path(layer),
+        source,
+    })
+}
+
 pub fn decoder<'a>(
     c: Compression,
     r: impl Read + Send + 'a,
