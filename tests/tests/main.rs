@@ -13,6 +13,7 @@ mod hardening;
 mod hostile;
 mod inject;
 mod leftovers;
+mod record;
 mod registry;
 mod reproducible;
 mod util;
