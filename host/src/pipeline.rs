@@ -86,6 +86,8 @@ pub struct Layers {
     stop: Arc<AtomicBool>,
     workers: Vec<std::thread::JoinHandle<()>>,
     streaming: bool,
+    /// The source downloads its layers (a registry), fetched first or not.
+    remote: bool,
     compressed: u64,
     hint: u64,
     known_uncompressed: u64,
@@ -162,6 +164,7 @@ impl Layers {
             stop,
             workers,
             streaming: src.remote() && !fetch_first,
+            remote: src.remote(),
             known_uncompressed: 0,
             exact: false,
         };
@@ -194,11 +197,16 @@ impl Layers {
     /// Uncompressed bytes the scratch file must hold: exact when verified up front in full,
     /// what the blobs declare when their blobs were checked up front, else an upper bound (see
     /// [`estimate`]).
+    ///
+    /// A registry image gets the streaming bound whether it streams, comes from the cache or
+    /// was fetched first (then at least what was verified): the scratch size shapes where the
+    /// kernel's allocator puts data, so one image pulled those three ways gives one image.
     pub fn scratch_basis(&self) -> u64 {
-        if self.streaming {
-            estimate(self.compressed, self.limit)
-        } else {
-            self.known_uncompressed
+        let bound = estimate(self.compressed, self.limit);
+        match (self.remote, self.streaming) {
+            (true, true) => bound,
+            (true, false) => bound.max(self.known_uncompressed),
+            (false, _) => self.known_uncompressed,
         }
     }
 

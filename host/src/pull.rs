@@ -23,10 +23,16 @@ use crate::worker_image;
 /// Scratch filesystem size: room for the worst case of tiny entries (a 512-byte tar header
 /// can become a 4 KiB block and a 256-byte inode), plus metadata. The file is sparse, so
 /// only what is written costs disk; the result is shrunk afterwards.
+///
+/// Whole block groups (128 MiB of 4 KiB blocks): mke2fs spreads the inodes over the groups,
+/// so a partial last group changes the inodes per group, and with it where every inode
+/// table and block lands (measured: 93,312 vs 98,208 inodes on two scratch sizes of one
+/// image); in whole groups the inodes per group are the same for any scratch size.
 pub fn scratch_size(uncompressed: u64, exact: Option<u64>) -> u64 {
+    const GROUP: u64 = 128 << 20;
     let worst = uncompressed.saturating_mul(9).saturating_add(256 << 20);
     let s = exact.map_or(worst, |e| e.max(worst));
-    s.div_ceil(1 << 20) << 20
+    s.checked_next_multiple_of(GROUP).unwrap_or(s / GROUP * GROUP)
 }
 
 /// What to pull, checked by the CLI (see `cli::PullArgs` for what each field means).
@@ -340,8 +346,10 @@ mod tests {
     #[test]
     fn scratch_sizes() {
         assert_eq!(scratch_size(0, None), 256 << 20);
-        assert_eq!(scratch_size(100 << 20, None), (900 + 256) << 20);
+        // 1156 MiB of worst case, in whole 128 MiB groups.
+        assert_eq!(scratch_size(100 << 20, None), 1280 << 20);
         assert_eq!(scratch_size(1 << 20, Some(4 << 30)), 4 << 30);
-        assert_eq!(scratch_size(u64::MAX, None) % (1 << 20), 0);
+        assert_eq!(scratch_size(1 << 20, Some((4 << 30) + 4096)), (4 << 30) + (128 << 20));
+        assert_eq!(scratch_size(u64::MAX, None) % (128 << 20), 0);
     }
 }
