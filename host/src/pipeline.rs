@@ -215,9 +215,17 @@ impl Layers {
         self.exact
     }
 
-    /// The expected content size, for the journal: see [`content_hint`].
+    /// The expected content size, for the journal. It changes the output bytes, so it must
+    /// not depend on how the layers arrive: a registry image's is [`content_hint`] (known
+    /// before any download, the same streamed, cached or fetched first); a local image's is
+    /// what its blobs declare (a function of their bytes), which sizes the journal closer
+    /// to the content.
     pub fn content_hint(&self) -> u64 {
-        self.hint
+        if self.remote {
+            self.hint
+        } else {
+            self.known_uncompressed.min(self.limit)
+        }
     }
 
     fn next_image_layer(&mut self) -> Option<Item> {
