@@ -22,6 +22,8 @@ pub struct FileMap {
     pub data: Vec<Run>,
     /// Extent tree nodes below the inode, or indirect blocks.
     pub tree: Vec<u64>,
+    /// Data blocks counted so far (the walk's bound).
+    blocks: u64,
 }
 
 /// Whether the inode's `i_block` holds block pointers at all (not a fast symlink's target,
@@ -81,6 +83,7 @@ fn extent_node(
             if physical.checked_add(len).is_none_or(|end| end > fs.blocks) {
                 return Err(corrupt(what(), format!("an extent at block {physical}+{len}")));
             }
+            owned(fs, ino, map, len)?;
             map.data.push(Run { logical: u64::from(le32(e, 0)), physical, len });
         } else {
             let child = u64::from(le16(e, 8)) << 32 | u64::from(le32(e, 4));
@@ -88,6 +91,7 @@ fn extent_node(
                 return Err(corrupt(what(), "more tree nodes than the filesystem has blocks"));
             }
             map.tree.push(child);
+            owned(fs, ino, map, 1)?;
             let block = fs.block(child, &what)?;
             extent_node(fs, ino, &block, Some(depth - 1), map)?;
         }
@@ -128,6 +132,7 @@ fn indirect_block(
         return Err(corrupt(what(), "past the filesystem's end"));
     }
     map.tree.push(block);
+    owned(fs, ino, map, 1)?;
     let data = fs.block(block, &what)?;
     let per = fs.block_size / 4;
     let span = per.pow(level - 1);
@@ -146,6 +151,20 @@ fn indirect_block(
     Ok(())
 }
 
+/// Counts `len` more blocks against the inode: a map that names more blocks than the
+/// filesystem has (the same block over and over, through shared tree nodes or indirect
+/// blocks) is corrupt, and the walk stops before it costs more than the filesystem's size.
+fn owned(fs: &Fs, ino: u64, map: &mut FileMap, len: u64) -> Result<()> {
+    map.blocks = map.blocks.saturating_add(len);
+    if map.blocks > fs.blocks {
+        return Err(corrupt(
+            format!("inode {ino}'s block map"),
+            "it names more blocks than the filesystem has",
+        ));
+    }
+    Ok(())
+}
+
 fn push_block(fs: &Fs, ino: u64, map: &mut FileMap, logical: u64, p: u64) -> Result<()> {
     if p == 0 {
         return Ok(());
@@ -153,6 +172,7 @@ fn push_block(fs: &Fs, ino: u64, map: &mut FileMap, logical: u64, p: u64) -> Res
     if p >= fs.blocks {
         return Err(corrupt(format!("inode {ino}'s block map"), format!("block {p}")));
     }
+    owned(fs, ino, map, 1)?;
     match map.data.last_mut() {
         Some(r) if r.logical + r.len == logical && r.physical + r.len == p => r.len += 1,
         _ => map.data.push(Run { logical, physical: p, len: 1 }),
