@@ -100,12 +100,13 @@ fuzz-tool:
 	fi
 
 ## fuzz: every fuzz target of fuzz/ (frames: the wire frame decoder; tar: the tar reader; apply:
-## the layer applier, unprivileged into a temp dir) for FUZZ_SECONDS each, from the corpus kept
+## the layer applier, unprivileged into a temp dir; ext4: rootbox diff's reader and the
+## canonicalising pass on patched images) for FUZZ_SECONDS each, from the corpus kept
 ## in build/fuzz/corpus and seeds made from the hostile tests (fuzz-seeds). A crash, timeout
 ## (FUZZ_TIMEOUT s for one input) or running out of FUZZ_RSS_MB fails the run and leaves the
 ## input in build/fuzz/artifacts/TARGET/; reproduce with `cargo +nightly fuzz run TARGET FILE`.
 ## fuzz-smoke: the same, FUZZ_SMOKE_SECONDS each (make test runs it).
-FUZZ_TARGETS       ?= frames tar apply
+FUZZ_TARGETS       ?= frames tar apply ext4
 FUZZ_SECONDS       ?= 600
 FUZZ_SMOKE_SECONDS ?= 60
 FUZZ_TIMEOUT       ?= 10
@@ -124,6 +125,7 @@ fuzz_seeds_apply   := layers tar
 fuzz_dict_frames   := frames
 fuzz_dict_tar      := tar
 fuzz_dict_apply    := tar
+fuzz_dict_ext4     := ext4
 
 fuzz-build: fuzz-tool
 	$(CARGO) metadata --locked --format-version 1 --manifest-path fuzz/Cargo.toml >/dev/null
