@@ -83,24 +83,43 @@ fn scene(env: &Env) -> Scene {
     Scene::new(env)
 }
 
+/// The hand-made image and Debian as OCI layouts, one scene each (a scene writes its layout
+/// at its input); the scenes must outlive the sources.
+fn two_images(env: &Env) -> ([Scene; 2], [(&'static str, String); 2]) {
+    let scenes = [scene(env), scene(env)];
+    let handmade = oci_of(&scenes[0], handmade::layers());
+    let debian = debian_oci(env, &scenes[1]);
+    (scenes, [("hand-made", handmade), ("Debian", debian)])
+}
+
+/// Builds `source` twice with `extra`; fails with `rootbox diff`'s report unless the two
+/// are the same bytes. Returns the first build and its sha256.
+fn built_twice_the_same(
+    env: &Env,
+    what: &str,
+    source: &str,
+    tmp: &Path,
+    extra: &[&str],
+) -> (PathBuf, String) {
+    let (a, sha_a) = build(env, source, tmp, &format!("{what}-1"), extra);
+    let (b, sha_b) = build(env, source, tmp, &format!("{what}-2"), extra);
+    if sha_a != sha_b {
+        let d = diff(env, &a, &b, &[]);
+        panic!("the {what} image built twice with {extra:?} differs:\n{}", d.stdout);
+    }
+    let d = diff(env, &a, &b, &[]);
+    assert_eq!(d.code, 0, "{}", d.describe());
+    assert!(d.stdout.ends_with("are identical\n"), "{}", d.describe());
+    (a, sha_a)
+}
+
 #[test]
 fn the_same_image_builds_to_the_same_bytes_in_the_container() {
     let env = require_root!();
-    // One scene per image: each writes its layout at the scene's input.
-    let (s1, s2) = (scene(&env), scene(&env));
     let tmp = tempdir();
-    let handmade = oci_of(&s1, handmade::layers());
-    let debian = debian_oci(&env, &s2);
-    for (what, source) in [("hand-made", &handmade), ("Debian", &debian)] {
-        let (a, sha_a) = build(&env, source, tmp.path(), &format!("{what}-1"), &[]);
-        let (b, sha_b) = build(&env, source, tmp.path(), &format!("{what}-2"), &[]);
-        if sha_a != sha_b {
-            let d = diff(&env, &a, &b, &[]);
-            panic!("the {what} image built twice differs:\n{}", d.stdout);
-        }
-        let d = diff(&env, &a, &b, &[]);
-        assert_eq!(d.code, 0, "{}", d.describe());
-        assert!(d.stdout.ends_with("are identical\n"), "{}", d.describe());
+    let (_scenes, images) = two_images(&env);
+    for (what, source) in &images {
+        built_twice_the_same(&env, what, source, tmp.path(), &[]);
     }
 }
 
@@ -187,19 +206,11 @@ fn source_date_epoch_sets_the_build_times_and_changes_only_them() {
 #[test]
 fn the_same_image_builds_to_the_same_bytes_in_the_microvm() {
     let env = require_vm!();
-    // One scene per image: each writes its layout at the scene's input.
-    let (s1, s2) = (scene(&env), scene(&env));
     let tmp = tempdir();
-    let handmade = oci_of(&s1, handmade::layers());
-    let debian = debian_oci(&env, &s2);
-    let vm = ["--isolation", "vm"];
-    for (what, source) in [("hand-made", &handmade), ("Debian", &debian)] {
-        let (a, sha_a) = build(&env, source, tmp.path(), &format!("{what}-vm-1"), &vm);
-        let (b, sha_b) = build(&env, source, tmp.path(), &format!("{what}-vm-2"), &vm);
-        if sha_a != sha_b {
-            let d = diff(&env, &a, &b, &[]);
-            panic!("the {what} image built twice in the microVM differs:\n{}", d.stdout);
-        }
+    let (_scenes, images) = two_images(&env);
+    for (what, source) in &images {
+        let vm = ["--isolation", "vm"];
+        let (a, sha_a) = built_twice_the_same(&env, &format!("{what}-vm"), source, tmp.path(), &vm);
         // The container runs the host's kernel, the microVM its own: say whether that shows.
         let (c, sha_c) = build(&env, source, tmp.path(), &format!("{what}-container"), &[]);
         let same = if sha_c == sha_a { "the same bytes" } else { "different bytes" };
