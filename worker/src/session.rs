@@ -552,7 +552,7 @@ mod tests {
         "loop attach /dev/loop0",
         "size /dev/loop0",
         "mke2fs /dev/loop0",
-        "mount /dev/loop0 on /target type ext4 (nosuid,nodev,noexec,noatime) noinit_itable,nodelalloc",
+        "mount /dev/loop0 on /target type ext4 (nosuid,nodev,noexec,noatime) noinit_itable,nodelalloc,no_prefetch_block_bitmaps",
         "write /sys/fs/ext4/loop0/inode_goal 12",
     ];
     const APPLY: &[&str] = &["progress apply", "apply layers", "syncfs /target"];

@@ -32,13 +32,15 @@ pub fn proc_read_only(k: &impl Kernel, proc: &Path) -> Result<(), SysError> {
 /// open of one from reaching the host kernel's driver; nothing in it runs (noexec, nosuid).
 /// Inode tables are not zeroed in the background while layers are written. Blocks are
 /// allocated as each write happens (`nodelalloc`), not when writeback gets to them, so
-/// where data lands depends on the order of writes, not on writeback's timing.
+/// where data lands depends on the order of writes, not on writeback's timing. Block bitmaps
+/// are not prefetched: the allocator's cheap passes skip groups whose bitmaps are not loaded
+/// yet, so a prefetch finishing sooner or later would move blocks.
 pub fn image<'a>(dev: &'a Path, target: &'a Path) -> Mount<'a> {
     Mount {
         source: dev,
         target,
         fstype: "ext4",
         flags: MountFlags::NOATIME | MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC,
-        data: c"noinit_itable,nodelalloc",
+        data: c"noinit_itable,nodelalloc,no_prefetch_block_bitmaps",
     }
 }
