@@ -56,10 +56,8 @@ pub fn diff(a: &Fs, b: &Fs) -> Result<Vec<Difference>> {
         return Ok(out);
     }
     let groups = a.groups.len().min(b.groups.len());
-    let gd_a = descriptors(a)?;
-    let gd_b = descriptors(b)?;
     for g in 0..groups {
-        let (x, y) = (&gd_a[g], &gd_b[g]);
+        let (x, y) = (a.descriptor(g), b.descriptor(g));
         for f in fields::differing(fields::GROUP_DESC, x, y) {
             out.push(d(format!("group {g} descriptor"), f, values(fields::GROUP_DESC, f, x, y)));
         }
@@ -138,14 +136,6 @@ pub fn diff(a: &Fs, b: &Fs) -> Result<Vec<Difference>> {
 
 fn values(table: fields::Table, f: &str, a: &[u8], b: &[u8]) -> String {
     format!("{} vs {}", fields::show(table, f, a), fields::show(table, f, b))
-}
-
-fn descriptors(fs: &Fs) -> Result<Vec<Vec<u8>>> {
-    let mut gdt = vec![0u8; fs.groups.len() * fs.desc_size];
-    fs.disk.read((fs.first_data_block + 1) * fs.block_size, &mut gdt, &|| {
-        "the group descriptors".into()
-    })?;
-    Ok(gdt.chunks_exact(fs.desc_size).map(<[u8]>::to_vec).collect())
 }
 
 /// Blocks (of the shorter image's length) whose bytes differ, in order.

@@ -48,6 +48,8 @@ pub struct Fs {
     pub inode_size: u64,
     pub desc_size: usize,
     pub groups: Vec<Group>,
+    /// The group descriptor table as on disk (`groups` decodes it): `desc_size` bytes each.
+    pub gdt: Vec<u8>,
     /// The seed of every metadata checksum, when the image has `metadata_csum`.
     pub csum_seed: Option<u32>,
 }
@@ -167,8 +169,14 @@ impl Fs {
             inode_size,
             desc_size,
             groups,
+            gdt,
             csum_seed,
         })
+    }
+
+    /// Group `g`'s descriptor as on disk.
+    pub fn descriptor(&self, g: usize) -> &[u8] {
+        &self.gdt[g * self.desc_size..(g + 1) * self.desc_size]
     }
 
     pub fn compat(&self) -> u32 {
