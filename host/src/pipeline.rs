@@ -438,8 +438,9 @@ mod tests {
         assert_eq!(fetches.iter().filter(|&&i| i == 1).count(), 2, "{fetches:?}");
     }
 
-    /// The journal's hint is the image's, whichever way its layers arrive: streamed from a
-    /// registry, fetched first, or local (checked up front, or verified in full).
+    /// A registry image's journal hint is the same streamed or fetched first; for these plain
+    /// layers a local source's (what the blobs declare) is that size too. (A local compressed
+    /// image's hint is its declared uncompressed size, not 4 x its blobs: not covered here.)
     #[test]
     fn the_content_hint_is_the_same_on_every_path() {
         let mut hints = Vec::new();
