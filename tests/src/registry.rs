@@ -358,6 +358,8 @@ pub enum FaultReply {
     Endless(u16),
     /// 200 with these headers (`Name: value\r\n` each) and this body.
     Canned { headers: String, body: Vec<u8> },
+    /// The registry's own reply, after this long.
+    Late(Duration),
 }
 
 /// Requests whose path contains `path` get `reply`, the first `times` of them.
@@ -429,6 +431,8 @@ fn answer(mut c: TcpStream, fault: FaultReply, sent: &AtomicU64) {
             return reply(c, &format!("{code} Test Fault"), json, body.as_bytes());
         }
         FaultReply::Canned { headers, body } => return reply(c, "200 OK", &headers, &body),
+        // Forwarded by `front_one` once the wait is over.
+        FaultReply::Late(_) => return,
         FaultReply::Endless(code) => {
             let _ = write!(
                 c,
@@ -475,9 +479,16 @@ fn front_one(mut c: TcpStream, st: &FrontState) {
         f.times -= 1;
         Some(f.reply.clone())
     });
-    if let Some(r) = fault {
-        st.served.fetch_add(1, Ordering::SeqCst);
-        return answer(c, r, &st.sent);
+    match fault {
+        Some(FaultReply::Late(wait)) => {
+            st.served.fetch_add(1, Ordering::SeqCst);
+            thread::sleep(wait);
+        }
+        Some(r) => {
+            st.served.fetch_add(1, Ordering::SeqCst);
+            return answer(c, r, &st.sent);
+        }
+        None => {}
     }
     if let Some(gate) = &st.gate {
         let auth = header_of(&head, "authorization").unwrap_or_default();

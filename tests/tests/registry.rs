@@ -108,6 +108,7 @@ mod cache;
 mod faults;
 mod integrity;
 mod references;
+mod timing;
 
 /// The hand-made image, gzip and zstd layers (skopeo would compress a plain tar layer on
 /// push, changing its digest).
