@@ -182,9 +182,10 @@ pub(crate) fn build<K: Kernel, T: ext4::Tools>(
     let mount = Mounted::new(k, &sys::mounts::image(&dev, target))
         .map_err(|e| Some(Failure::new("mounting the new filesystem", &e)))?;
     let mut warnings = Vec::new();
-    if let Err(e) = pack_allocations(k, &dev) {
+    if let Err(e) = tune_allocator(k, &dev) {
         warnings.push(format!(
-            "could not pack allocations (shrinking may be slower): {}",
+            "could not set ext4's allocator knobs (shrinking may be slower, and two builds \
+             may place files differently): {}",
             chain(&e).join(": ")
         ));
     }
@@ -376,6 +377,10 @@ fn applier_main(
     wr: &mut Writer<Transport>,
     job: &JobSpec,
 ) -> Result<Applied, Failure> {
+    // Before the capabilities go: the removed entries held (and what else is open) may pass
+    // the limit a VM's PID 1 starts with (1024).
+    sys::process::allow_open_files(crate::apply::OPEN_FILES)
+        .map_err(|e| Failure::new("raising the open file limit", &e))?;
     sys::caps::restrict_to(sys::caps::APPLIER)
         .map_err(|e| Failure::new("dropping capabilities", &e))?;
     sys::caps::no_new_privs().map_err(|e| Failure::new("setting no_new_privs", &e))?;
@@ -444,7 +449,7 @@ fn applier_main(
         }
     }
     let os_release = applier.os_release();
-    let entries = applier.finish().map_err(|e| Failure::new("setting directory times", &e))?;
+    let entries = applier.finish().map_err(|e| Failure::new("finishing the layers", &e))?;
     let report = std::mem::take(&mut applier.report);
     for record in report.records {
         let _ = wr.send(&Control::Sanitised(record));
@@ -493,9 +498,12 @@ fn layer_failure(e: LayerFailure, i: usize, total: usize, digest: Option<String>
 
 /// Makes ext4 allocate inodes (and so data) from the first block group on, instead of
 /// spreading top-level directories across the whole scratch filesystem, so the final shrink
-/// moves little or nothing. The knob is ext4's `inode_goal` in sysfs, mounted only for this
-/// write and unmounted before any layer content is read.
-fn pack_allocations(k: &impl Kernel, dev: &Path) -> Result<(), sys::SysError> {
+/// moves little or nothing (`inode_goal`), and stops the allocator's own block bitmap
+/// prefetch (`mb_prefetch`): how many bitmaps it may read ahead counts those not already in
+/// the page cache, so which groups its cheap passes consider would follow memory pressure.
+/// The knobs are ext4's in sysfs, mounted only for these writes and unmounted before any
+/// layer content is read.
+fn tune_allocator(k: &impl Kernel, dev: &Path) -> Result<(), sys::SysError> {
     let name = dev.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let sysfs = Path::new("/sys");
     let mounted_here = !k.exists(&sysfs.join("fs"));
@@ -503,8 +511,10 @@ fn pack_allocations(k: &impl Kernel, dev: &Path) -> Result<(), sys::SysError> {
         let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
         k.mount(&Mount::virtual_fs("sysfs", sysfs, flags, c""))?;
     }
+    let knobs = sysfs.join("fs/ext4").join(&name);
     // The first inode after the reserved ones and lost+found.
-    let res = k.write_knob(&sysfs.join("fs/ext4").join(&name).join("inode_goal"), "12");
+    let goal = k.write_knob(&knobs.join("inode_goal"), "12");
+    let res = goal.and(k.write_knob(&knobs.join("mb_prefetch"), "0"));
     if mounted_here {
         let _ = k.unmount(sysfs, true);
     }
@@ -552,8 +562,9 @@ mod tests {
         "loop attach /dev/loop0",
         "size /dev/loop0",
         "mke2fs /dev/loop0",
-        "mount /dev/loop0 on /target type ext4 (nosuid,nodev,noexec,noatime) noinit_itable,nodelalloc,no_prefetch_block_bitmaps",
+        "mount /dev/loop0 on /target type ext4 (nosuid,nodev,noexec,noatime) noinit_itable,nodelalloc,no_prefetch_block_bitmaps,nombcache",
         "write /sys/fs/ext4/loop0/inode_goal 12",
+        "write /sys/fs/ext4/loop0/mb_prefetch 0",
     ];
     const APPLY: &[&str] = &["progress apply", "apply layers", "syncfs /target"];
     const SHRINK: &[&str] =
@@ -728,7 +739,11 @@ mod tests {
 
     #[test]
     fn a_failed_trim_or_packing_is_a_warning_not_a_failure() {
-        for step in ["fitrim", "write /sys/fs/ext4/loop0/inode_goal"] {
+        for step in [
+            "fitrim",
+            "write /sys/fs/ext4/loop0/inode_goal",
+            "write /sys/fs/ext4/loop0/mb_prefetch",
+        ] {
             let rec = Recorder::failing_at(step);
             let (r, calls) = run(&rec, &file());
             assert_eq!(calls, seq(&[MKFS, APPLY, SHRINK, &[RESIZE], FSCK, &[DETACH]]), "{step}");
@@ -744,11 +759,12 @@ mod tests {
         let (r, calls) = run(&rec, &file());
         assert!(r.is_ok());
         assert_eq!(
-            calls[4..8],
+            calls[4..9],
             [
                 MKFS[4],
                 "mount sysfs on /sys type sysfs (nosuid,nodev,noexec)",
                 MKFS[5],
+                MKFS[6],
                 "umount -l /sys",
             ]
         );

@@ -7,6 +7,7 @@
 //! differ from the layers is reported ([`report`]). Privileged calls go through [`ops::Ops`].
 
 mod create;
+mod graveyard;
 pub mod meta;
 pub mod name;
 pub mod ops;
@@ -23,6 +24,7 @@ use rootbox_proto::{Limits, SanitisedKind};
 use rustix::fs::{OFlags, Timestamps};
 use rustix::io::Errno;
 
+use graveyard::Graveyard;
 use meta::MetaError;
 pub use meta::Time;
 use name::{classify, normalize, ImagePath, Meaning, NameError};
@@ -117,6 +119,10 @@ fn refused(path: &ImagePath, why: impl Into<String>) -> ApplyError {
     ApplyError::Refused { path: path.to_string(), why: why.into() }
 }
 
+/// Open files the applier needs: the removed entries it holds, the directories it keeps
+/// open, the stream, and room to spare.
+pub const OPEN_FILES: u64 = graveyard::GRAVES as u64 + 1024;
+
 /// The largest os-release read.
 const OS_RELEASE_MAX: u64 = 16 * 1024;
 
@@ -132,6 +138,8 @@ enum Written {
 /// Applies layers in order into the directory it was opened on.
 pub struct Applier<O: Ops> {
     root: Root,
+    /// Removed entries, freed at points the layers decide (see [`graveyard`]).
+    graves: Graveyard,
     limits: Limits,
     entries: u64,
     /// Paths written by the current layer: what its whiteouts and opaque markers keep.
@@ -149,8 +157,11 @@ pub struct Applier<O: Ops> {
 impl<O: Ops> Applier<O> {
     pub fn new(target: &Path, limits: Limits, ops: O) -> Result<Self, ApplyError> {
         let root = Root::open(target).map_err(sys(&ImagePath::root(), "opening the image root"))?;
+        let graves =
+            Graveyard::open(target).map_err(sys(&ImagePath::root(), "opening the image root"))?;
         Ok(Self {
             root,
+            graves,
             limits,
             entries: 0,
             layer_paths: HashMap::new(),
@@ -229,9 +240,10 @@ impl<O: Ops> Applier<O> {
         self.root.forbid_symlinks();
     }
 
-    /// Sets every directory's recorded time; call once after the last layer. Returns the
-    /// number of entries applied.
+    /// Frees the removed entries still held and sets every directory's recorded time; call
+    /// once after the last layer. Returns the number of entries applied.
     pub fn finish(&mut self) -> Result<u64, ApplyError> {
+        self.graves.release().map_err(sys(&ImagePath::root(), "freeing removed entries"))?;
         for (path, t) in std::mem::take(&mut self.dir_times) {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW;
             let fd = match self.root.resolve(&path, flags) {

@@ -68,7 +68,8 @@ impl<O: Ops> Applier<O> {
             if is_dir(st) {
                 self.forget_dir_times(path);
             }
-            remove_all(parent, name).map_err(sys(path, "removing existing entry"))?;
+            remove_all(parent, name, &mut self.graves)
+                .map_err(sys(path, "removing existing entry"))?;
             self.root.invalidate();
         }
         Ok(())
@@ -142,7 +143,8 @@ impl<O: Ops> Applier<O> {
                     if child_is_dir {
                         self.forget_dir_times(&path);
                     }
-                    remove_all(fd, &child).map_err(sys(&path, "removing lower-layer entry"))?;
+                    remove_all(fd, &child, &mut self.graves)
+                        .map_err(sys(&path, "removing lower-layer entry"))?;
                 }
             }
         }

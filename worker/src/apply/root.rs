@@ -16,6 +16,7 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
+use super::graveyard::Graveyard;
 use super::name::ImagePath;
 
 const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
@@ -167,12 +168,17 @@ pub fn is_dir(st: &Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::Directory
 }
 
-/// Removes `name` in `dir`, recursively when it is a directory. Never follows symlinks.
-pub fn remove_all(dir: impl AsFd, name: &OsStr) -> Result<(), Errno> {
+/// Removes `name` in `dir`, recursively when it is a directory, handing each removed inode
+/// to `graves` (which decides when its blocks are freed). Never follows symlinks.
+pub fn remove_all(dir: impl AsFd, name: &OsStr, graves: &mut Graveyard) -> Result<(), Errno> {
     let dir = dir.as_fd();
     let Some(st) = lstat_at(dir, name)? else { return Ok(()) };
+    let bytes = u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512);
     if !is_dir(&st) {
-        return unlinkat(dir, name, AtFlags::empty());
+        let inode =
+            openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+        unlinkat(dir, name, AtFlags::empty())?;
+        return graves.hold(inode, bytes);
     }
     let sub = openat(
         dir,
@@ -181,9 +187,10 @@ pub fn remove_all(dir: impl AsFd, name: &OsStr) -> Result<(), Errno> {
         Mode::empty(),
     )?;
     for child in children(&sub)? {
-        remove_all(&sub, &child)?;
+        remove_all(&sub, &child, graves)?;
     }
-    unlinkat(dir, name, AtFlags::REMOVEDIR)
+    unlinkat(dir, name, AtFlags::REMOVEDIR)?;
+    graves.hold(sub, bytes)
 }
 
 /// Names in a directory opened for reading, without `.` and `..`.

@@ -128,12 +128,22 @@ fn set_meta(
     if chmod {
         rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode)).map_err(sys(path, "chmod"))?;
     }
+    let blocks =
+        |fd: &OwnedFd| rustix::fs::fstat(fd).map(|st| st.st_blocks).map_err(sys(path, "stat"));
+    let before = if existing { Some(blocks(fd)?) } else { None };
     if existing {
         remove_other_xattrs(fd, meta, path)?;
     }
     set_xattrs(meta, path, report, |name, value| {
         rustix::fs::fsetxattr(fd, OsStr::from_bytes(name), value, XattrFlags::empty())
     })?;
+    if let Some(before) = before {
+        // The inode's xattr block was freed: commit it now, as the graveyard does for removed
+        // entries, so whether later files reuse the block does not follow the clock.
+        if blocks(fd)? < before {
+            rustix::fs::syncfs(fd).map_err(sys(path, "syncing after an xattr change"))?;
+        }
+    }
     rustix::fs::futimens(fd, &timestamps(meta.mtime)).map_err(sys(path, "setting times"))
 }
 

@@ -34,13 +34,15 @@ pub fn proc_read_only(k: &impl Kernel, proc: &Path) -> Result<(), SysError> {
 /// allocated as each write happens (`nodelalloc`), not when writeback gets to them, so
 /// where data lands depends on the order of writes, not on writeback's timing. Block bitmaps
 /// are not prefetched: the allocator's cheap passes skip groups whose bitmaps are not loaded
-/// yet, so a prefetch finishing sooner or later would move blocks.
+/// yet, so a prefetch finishing sooner or later would move blocks. Identical xattr blocks are
+/// not shared (`nombcache`): the cache that finds them drops entries under memory pressure,
+/// so sharing would follow the host's memory; mke2fs -d does not share them either.
 pub fn image<'a>(dev: &'a Path, target: &'a Path) -> Mount<'a> {
     Mount {
         source: dev,
         target,
         fstype: "ext4",
         flags: MountFlags::NOATIME | MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC,
-        data: c"noinit_itable,nodelalloc,no_prefetch_block_bitmaps",
+        data: c"noinit_itable,nodelalloc,no_prefetch_block_bitmaps,nombcache",
     }
 }

@@ -45,6 +45,17 @@ pub fn limit_memory(bytes: u64) -> nix::Result<()> {
     setrlimit(Resource::RLIMIT_AS, bytes, bytes)
 }
 
+/// Lets this process (and its children) hold at least `n` open files: raises the soft limit,
+/// and the hard one when it is lower (which needs `CAP_SYS_RESOURCE`).
+pub fn allow_open_files(n: u64) -> nix::Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft >= n {
+        return Ok(());
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, n, hard.max(n))
+}
+
 /// Syncs and powers the machine off (PID 1 in a VM). Never returns.
 pub fn power_off() -> ! {
     rustix::fs::sync();
