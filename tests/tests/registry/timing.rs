@@ -1,8 +1,12 @@
 //! A build's bytes do not follow the clock: the same image pulled with a layer held back for
 //! longer than the kernel's journal commit interval (5 s) builds to the same ext4 bytes as a
-//! pull whose layers arrive at once. With a journal during the build they differ (the
-//! deleted files' blocks come back to the allocator only at a commit), which is why the
-//! worker builds without one and adds it afterwards.
+//! pull whose layers arrive at once. The kernel returns freed blocks to the allocator only
+//! when the journal commits, so the worker decides when frees happen (its graveyard, see
+//! worker/src/apply/graveyard.rs). Each part of the image fails this test on a worker that
+//! leaves one of those points to the clock (each tried): files deleted by whiteouts (40 new
+//! files moved, without the graveyard), more removals than the graveyard holds at once (80
+//! moved, without its commit), and xattr blocks freed by a later layer's metadata (9 moved,
+//! without the commit after an xattr change).
 
 use std::time::{Duration, Instant};
 
@@ -29,21 +33,42 @@ fn noise(mut seed: u64, len: usize) -> Vec<u8> {
 
 const FILES: u64 = 40;
 
-/// Files; their whiteouts; new files, which may land in the blocks the whiteouts freed.
+/// Files removed at once by one whiteout of their directory.
+const MANY: u64 = 1500;
+
+/// Directories whose xattrs need a block of their own (more than fits in the inode).
+const XATTR_DIRS: u64 = 8;
+
+/// Files, and directories with an xattr block; the files' whiteouts, and the directories
+/// again without xattrs (which frees their blocks); new files, large and small, which may
+/// land in the blocks the second layer freed.
 fn churn_image() -> Image {
     let mut first = LayerBuilder::new();
+    for i in 0..XATTR_DIRS {
+        first.push(Entry::dir(&format!("attrs{i}")).xattr("user.big", &noise(500 + i, 1500)));
+    }
     first.push(Entry::dir("old"));
     for i in 0..FILES {
         first.push(Entry::file(&format!("old/f{i}"), &noise(i, 256 << 10)));
     }
+    // More than the applier holds before it frees what it removed (1024).
+    first.push(Entry::dir("many"));
+    for i in 0..MANY {
+        first.push(Entry::file(&format!("many/m{i}"), &noise(3000 + i, 3000)));
+    }
     let mut second = LayerBuilder::new();
+    for i in 0..XATTR_DIRS {
+        second.push(Entry::dir(&format!("attrs{i}")));
+    }
     for i in 0..FILES {
         second.push(Entry::whiteout(&format!("old/f{i}")));
     }
+    second.push(Entry::whiteout("many"));
     let mut third = LayerBuilder::new();
     third.push(Entry::dir("new"));
     for i in 0..FILES {
         third.push(Entry::file(&format!("new/f{i}"), &noise(1000 + i, 96 << 10)));
+        third.push(Entry::file(&format!("new/s{i}"), &noise(2000 + i, 3000)));
     }
     Image::new(
         [first, second, third]
