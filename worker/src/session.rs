@@ -377,10 +377,16 @@ fn applier_main(
     wr: &mut Writer<Transport>,
     job: &JobSpec,
 ) -> Result<Applied, Failure> {
-    // Before the capabilities go: the removed entries held (and what else is open) may pass
-    // the limit a VM's PID 1 starts with (1024).
-    sys::process::allow_open_files(crate::apply::OPEN_FILES)
-        .map_err(|e| Failure::new("raising the open file limit", &e))?;
+    // Before the capabilities go: what the applier holds open fits in 1024 files, the soft
+    // limit a VM's PID 1 starts with and a common hard limit; raised to it when lower.
+    sys::process::allow_open_files(crate::apply::OPEN_FILES).map_err(|e| {
+        let what = format!(
+            "raising the open file limit to {} (the applier holds removed entries open; allow \
+             it with ulimit -n)",
+            crate::apply::OPEN_FILES
+        );
+        Failure::new(what, &e)
+    })?;
     sys::caps::restrict_to(sys::caps::APPLIER)
         .map_err(|e| Failure::new("dropping capabilities", &e))?;
     sys::caps::no_new_privs().map_err(|e| Failure::new("setting no_new_privs", &e))?;

@@ -19,8 +19,10 @@ use std::path::Path;
 use rustix::fs::{openat, syncfs, Mode, OFlags};
 use rustix::io::Errno;
 
-/// Removed entries held before a release: bounds the applier's open descriptors.
-pub const GRAVES: usize = 1024;
+/// Removed entries held before a release: bounds the applier's open descriptors, so that
+/// they fit under the 1024 open files hosts commonly allow (the count cannot follow the
+/// host's limit: the release points shape the image).
+pub const GRAVES: usize = 512;
 /// Bytes of removed entries held before a release: bounds the space they keep.
 pub const GRAVE_BYTES: u64 = 1 << 30;
 

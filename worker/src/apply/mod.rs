@@ -121,7 +121,7 @@ fn refused(path: &ImagePath, why: impl Into<String>) -> ApplyError {
 
 /// Open files the applier needs: the removed entries it holds, the directories it keeps
 /// open, the stream, and room to spare.
-pub const OPEN_FILES: u64 = graveyard::GRAVES as u64 + 1024;
+pub const OPEN_FILES: u64 = graveyard::GRAVES as u64 + 512;
 
 /// The largest os-release read.
 const OS_RELEASE_MAX: u64 = 16 * 1024;

@@ -53,7 +53,10 @@ pub fn allow_open_files(n: u64) -> nix::Result<()> {
     if soft >= n {
         return Ok(());
     }
-    setrlimit(Resource::RLIMIT_NOFILE, n, hard.max(n))
+    if hard >= n {
+        return setrlimit(Resource::RLIMIT_NOFILE, n, hard);
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, n, n)
 }
 
 /// Syncs and powers the machine off (PID 1 in a VM). Never returns.
