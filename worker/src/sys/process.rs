@@ -53,10 +53,7 @@ pub fn allow_open_files(n: u64) -> nix::Result<()> {
     if soft >= n {
         return Ok(());
     }
-    if hard >= n {
-        return setrlimit(Resource::RLIMIT_NOFILE, n, hard);
-    }
-    setrlimit(Resource::RLIMIT_NOFILE, n, n)
+    setrlimit(Resource::RLIMIT_NOFILE, n, hard.max(n))
 }
 
 /// Syncs and powers the machine off (PID 1 in a VM). Never returns.
