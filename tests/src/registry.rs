@@ -591,17 +591,33 @@ pub fn base64(b: &[u8]) -> String {
 
 /// `env VAR=VALUE... rootbox ARGS...`: rootbox with its own cache and auth environment.
 pub fn rootbox(env: &Env, vars: &[(&str, &Path)], args: &[&str]) -> Outcome {
-    let mut a: Vec<OsString> = vars
-        .iter()
-        .map(|(k, v)| {
-            let mut s = OsString::from(format!("{k}="));
-            s.push(v.as_os_str());
-            s
-        })
-        .collect();
+    rootbox_under(&[], env, vars, args)
+}
+
+/// [`rootbox`] started by `launcher` (a program and its arguments, such as `prlimit
+/// --nofile=1024:1024`), or by `env` alone when it is empty.
+pub fn rootbox_under(
+    launcher: &[&str],
+    env: &Env,
+    vars: &[(&str, &Path)],
+    args: &[&str],
+) -> Outcome {
+    let (program, rest) = match launcher.split_first() {
+        Some((p, rest)) => (*p, rest),
+        None => ("env", &[][..]),
+    };
+    let mut a: Vec<OsString> = rest.iter().map(OsString::from).collect();
+    if !launcher.is_empty() {
+        a.push("env".into());
+    }
+    a.extend(vars.iter().map(|(k, v)| {
+        let mut s = OsString::from(format!("{k}="));
+        s.push(v.as_os_str());
+        s
+    }));
     a.push(env.bin.clone().into_os_string());
     a.extend(args.iter().map(OsString::from));
-    run_with(Path::new("env"), &a, None)
+    run_with(Path::new(program), &a, None)
 }
 
 /// `rootbox pull SOURCE -o OUT --worker-image W --no-default-assets EXTRA...` with `vars`.
@@ -612,9 +628,21 @@ pub fn pull(
     out: &Path,
     extra: &[&str],
 ) -> Outcome {
+    pull_under(&[], env, vars, source, out, extra)
+}
+
+/// [`pull`] started by `launcher` (see [`rootbox_under`]).
+pub fn pull_under(
+    launcher: &[&str],
+    env: &Env,
+    vars: &[(&str, &Path)],
+    source: &str,
+    out: &Path,
+    extra: &[&str],
+) -> Outcome {
     let out_s = out.display().to_string();
     let wi = env.worker_image.display().to_string();
     let mut args = vec!["pull", source, "-o", &out_s, "--worker-image", &wi, "--no-default-assets"];
     args.extend_from_slice(extra);
-    rootbox(env, vars, &args)
+    rootbox_under(launcher, env, vars, &args)
 }

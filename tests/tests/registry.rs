@@ -51,8 +51,20 @@ impl Ctx {
 
     /// A pull of `source` into a fresh output directory and a fresh cache, both named `name`.
     fn pull_fresh(&self, name: &str, source: &str, extra: &[&str]) -> Fresh {
+        self.pull_fresh_under(&[], name, source, extra)
+    }
+
+    /// [`Ctx::pull_fresh`] started by `launcher` (see `registry::rootbox_under`).
+    fn pull_fresh_under(
+        &self,
+        launcher: &[&str],
+        name: &str,
+        source: &str,
+        extra: &[&str],
+    ) -> Fresh {
         let (out_dir, cache) = (self.dir(name), self.cache(name));
-        let o = self.pull(&cache, source, &out_dir.join("out.ext4"), extra);
+        let vars = [("XDG_CACHE_HOME", cache.as_path())];
+        let o = self.pull_vars_under(launcher, &vars, source, &out_dir.join("out.ext4"), extra);
         Fresh { o, out_dir, cache }
     }
 
@@ -67,13 +79,24 @@ impl Ctx {
         out: &Path,
         extra: &[&str],
     ) -> Outcome {
+        self.pull_vars_under(&[], vars, source, out, extra)
+    }
+
+    fn pull_vars_under(
+        &self,
+        launcher: &[&str],
+        vars: &[(&str, &Path)],
+        source: &str,
+        out: &Path,
+        extra: &[&str],
+    ) -> Outcome {
         let mut extra = extra.to_vec();
         extra.extend(["--plain-http", "--isolation", "container"]);
         // HOME points into the temp dir so no real ~/.docker/config.json is read.
         let home = self.dir("home");
         let mut v: Vec<(&str, &Path)> = vec![("HOME", &home), ("DOCKER_CONFIG", &home)];
         v.extend_from_slice(vars);
-        registry::pull(&self.env, &v, source, out, &extra)
+        registry::pull_under(launcher, &self.env, &v, source, out, &extra)
     }
 }
 

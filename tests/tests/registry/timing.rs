@@ -8,16 +8,14 @@
 //! moved, without its commit), and xattr blocks freed by a later layer's metadata (9 moved,
 //! without the commit after an xattr change).
 
-use std::ffi::OsString;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rootbox_tests::layer::{Entry, LayerBuilder};
 use rootbox_tests::oci::{Compression, Image, LayerSpec};
 use rootbox_tests::registry::{Fault, FaultReply, FaultyFront, Registry};
-use rootbox_tests::run::{expect_fsck_clean, expect_success, file_sha256, run_with, Outcome};
+use rootbox_tests::run::{expect_fsck_clean, expect_success, file_sha256, run_with};
 
-use super::{push, via, Ctx};
+use super::{push, via};
 
 /// Bytes that neither compress away nor read as holes (xorshift64).
 fn noise(mut seed: u64, len: usize) -> Vec<u8> {
@@ -80,25 +78,6 @@ fn churn_image() -> Image {
     )
 }
 
-/// A pull into `<tmp>/<name>/out.ext4` with a fresh cache, as `Ctx::pull_fresh` makes it,
-/// run with an open-file limit of `nofile` (soft and hard).
-fn pull_limited(ctx: &Ctx, name: &str, source: &str, nofile: u64) -> Outcome {
-    let (out, cache, home) = (ctx.dir(name).join("out.ext4"), ctx.cache(name), ctx.dir("home"));
-    let var = |k: &str, v: &std::path::Path| {
-        let mut s = OsString::from(format!("{k}="));
-        s.push(v);
-        s
-    };
-    let mut args: Vec<OsString> = vec![format!("--nofile={nofile}:{nofile}").into(), "env".into()];
-    args.extend([var("HOME", &home), var("DOCKER_CONFIG", &home), var("XDG_CACHE_HOME", &cache)]);
-    args.push(ctx.env.bin.clone().into());
-    args.extend(["pull".into(), source.into(), "-o".into(), out.into()]);
-    args.extend(["--worker-image".into(), ctx.env.worker_image.clone().into()]);
-    let flags = ["--no-default-assets", "--plain-http", "--isolation", "container"];
-    args.extend(flags.map(OsString::from));
-    run_with(Path::new("prlimit"), &args, None)
-}
-
 #[test]
 fn a_layer_held_back_past_a_journal_commit_builds_the_same_bytes() {
     let ctx = require_registry!();
@@ -118,13 +97,14 @@ fn a_layer_held_back_past_a_journal_commit_builds_the_same_bytes() {
     // Under the lowest open-file limit the worker accepts, which the applier's release
     // points must not depend on: 1024, soft and hard.
     let t = Instant::now();
-    let late = pull_limited(&ctx, "late", &via(&front, "churn:v1"), 1024);
+    let limit = ["prlimit", "--nofile=1024:1024"];
+    let late = ctx.pull_fresh_under(&limit, "late", &via(&front, "churn:v1"), &[]);
     let took = t.elapsed();
-    expect_success(&late);
+    expect_success(&late.o);
     assert_eq!(front.faults_served(), 1, "the second pull's third layer was held back");
     assert!(took >= hold, "the pull took {took:?}, less than the hold");
 
-    let late_out = ctx.path("late").join("out.ext4");
+    let late_out = late.out();
     expect_fsck_clean(&late_out);
     if file_sha256(&prompt.out()) != file_sha256(&late_out) {
         let d =
