@@ -127,6 +127,7 @@ pub fn run(args: &Request) -> Result<Report> {
 
     let t = Instant::now();
     let mut worker = sandbox::start(plan, &wimage, out.file(), &vm_options)?;
+    let flusher = out.flusher().context("starting the output's write-out")?;
     output::track_process_group(worker.process_group());
     let spec = JobSpec {
         image: image.name.clone(),
@@ -185,6 +186,7 @@ pub fn run(args: &Request) -> Result<Report> {
         }
     };
     let status = worker.wait().context("waiting for the worker")?;
+    drop(flusher);
     output::track_process_group(None);
     let job_ms = t.elapsed().as_millis() as u64;
     if !status.success() {

@@ -73,3 +73,16 @@ pub fn adopt(raw: RawFd) -> io::Result<OwnedFd> {
     // nothing else owns or closes.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
+
+/// Starts writing `fd`'s dirty pages to its disk, without waiting for them
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: neither nix nor rustix wraps it).
+pub fn start_writeback(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a system call on a descriptor the borrow keeps open; no memory is passed.
+    let rc = unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -96,6 +96,11 @@ const GROWTH_MAX_BLOCKS: u64 = (1 << 40) / BLOCK;
 /// 64 MiB; without flex_bg 238, 254 and 294 MiB, the used size each time, from any starting
 /// size. The default reserved GDT blocks cost another 10 MiB (see [`GROWTH_MAX_BLOCKS`]).
 ///
+/// The journal goes first, after group 0's inode table (`location=0`), not in the middle of
+/// the scratch filesystem where mke2fs puts it, from where the shrink would have to move it:
+/// measured on Debian minbase shrunk from 3 GiB, resize2fs took 0.30 s with the journal in the
+/// middle, 0.19-0.22 s with it first (with the device's flushes off, see `session.rs`).
+///
 /// With an `identity`, the UUID and directory hash seed are the host's (derived from the
 /// build's inputs) instead of random ones.
 pub fn mkfs(
@@ -104,7 +109,7 @@ pub fn mkfs(
     content_hint: u64,
     identity: Option<&Identity>,
 ) -> Result<(), Ext4Error> {
-    let journal = format!("size={}", journal_mib(content_hint));
+    let journal = format!("size={},location=0", journal_mib(content_hint));
     let mut extended = format!("lazy_itable_init=1,lazy_journal_init=1,resize={GROWTH_MAX_BLOCKS}");
     if let Some(id) = identity {
         extended.push_str(&format!(",hash_seed={}", id.hash_seed));
