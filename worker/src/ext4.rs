@@ -40,7 +40,7 @@ pub enum Ext4Error {
         #[source]
         source: rootbox_ext4::Ext4Error,
     },
-    /// `resize2fs -P` printed no minimum size (`source`: the one it printed did not parse).
+    /// `resize2fs -P` printed no minimum size (`source`: a number it printed did not parse).
     #[error("unexpected output from resize2fs -P: {output}")]
     Estimate {
         output: String,
@@ -141,45 +141,49 @@ pub fn check(dev: &Path) -> Result<(), Ext4Error> {
     run(E2FSCK, &["-f", "-n", &dev.to_string_lossy()]).map(drop)
 }
 
-/// The minimum size resize2fs can shrink to, in bytes.
-pub fn minimum(dev: &Path) -> Result<u64, Ext4Error> {
-    let out = run(RESIZE2FS, &["-P", &dev.to_string_lossy()])?;
-    let blocks = out
-        .lines()
-        .find_map(|l| l.split_once("minimum size of the filesystem:").map(|(_, n)| n.trim()))
-        .map(str::parse::<u64>);
-    match blocks {
-        Some(Ok(blocks)) => Ok(blocks * BLOCK),
-        Some(Err(e)) => Err(Ext4Error::Estimate { output: out, source: Some(e) }),
-        None => Err(Ext4Error::Estimate { output: out, source: None }),
-    }
+/// What `resize2fs -P` answers about the filesystem's minimum size, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Minimum {
+    /// Its answer: the blocks the content needs, plus a safety margin for the extent trees
+    /// that moving blocks may grow, of 1/500 of what the shrink removes. The shrink is only
+    /// guaranteed to finish down to here.
+    pub safe: u64,
+    /// What it answers once shrunk to `safe` (the same need, a margin of 1/500 of the few
+    /// blocks `safe` adds to it): the size `--size auto` is computed from.
+    pub least: u64,
 }
 
-/// The smallest size the filesystem really shrinks to. `resize2fs -P` over-estimates in
-/// proportion to the filesystem's current size (measured: 512 MiB estimated for a Debian
-/// minbase on a 1.8 GiB scratch filesystem, 256 MiB reached), so shrink to the estimate and
-/// ask again until it stops improving. With `Exact`, stop as soon as the target fits.
-pub fn converge_minimum(
-    dev: &Path,
-    device: u64,
-    policy: rootbox_proto::SizePolicy,
-) -> Result<u64, Ext4Error> {
-    let mut current = device;
-    let mut min = minimum(dev)?;
-    for _ in 0..6 {
-        if let rootbox_proto::SizePolicy::Exact { bytes } = policy {
-            if min <= bytes {
-                return Ok(min);
-            }
-        }
-        if min.saturating_mul(100) >= current.saturating_mul(97) {
-            break;
-        }
-        resize(dev, min)?;
-        current = min;
-        min = minimum(dev)?;
+/// The minimum size, from one `resize2fs -P`. Before, the shrink went to its answer and
+/// asked again, because the answer over-estimates in proportion to the filesystem's current
+/// size (Debian minbase on a 3 GiB scratch filesystem: 66,581 blocks, then 65,139 once
+/// shrunk); with `-d 32` resize2fs prints its need and margin, from which the second answer
+/// is known without the first shrink.
+pub fn minimum(dev: &Path) -> Result<Minimum, Ext4Error> {
+    let out = run(RESIZE2FS, &["-d", "32", "-P", &dev.to_string_lossy()])?;
+    parse_minimum(&out).map_err(|source| Ext4Error::Estimate { output: out, source })
+}
+
+fn parse_minimum(out: &str) -> Result<Minimum, Option<std::num::ParseIntError>> {
+    let field = |name: &str| {
+        out.lines().find_map(|l| l.split_once(name).map(|(_, n)| n.trim().parse::<u64>()))
+    };
+    let safe = field("minimum size of the filesystem:").ok_or(None)?.map_err(Some)?;
+    let least = match (field("Estimated blocks needed:"), field("Extents safety margin:")) {
+        (Some(Ok(need)), Some(Ok(margin))) if need + margin == safe => need + margin.div_ceil(500),
+        // No debug lines (or a margin capped otherwise): the safe answer only.
+        _ => safe,
+    };
+    Ok(Minimum { safe: safe * BLOCK, least: least * BLOCK })
+}
+
+/// The resizes that take the filesystem to `size`: one, unless `size` is below what resize2fs
+/// guarantees to reach from here ([`Minimum::safe`]), then first to that.
+pub fn shrink_steps(min: Minimum, size: u64) -> Vec<u64> {
+    if size < min.safe {
+        vec![min.safe, size]
+    } else {
+        vec![size]
     }
-    Ok(min)
 }
 
 /// The size `policy` asks for, given the minimum and what the device holds.
@@ -300,12 +304,7 @@ pub trait Tools {
     fn stamp(&self, dev: &Path, epoch: u64) -> Result<(), Ext4Error>;
     /// After the shrink: what the kernel randomised → fixed values.
     fn canonicalise(&self, dev: &Path, epoch: u64) -> Result<canon::Report, Ext4Error>;
-    fn converge_minimum(
-        &self,
-        dev: &Path,
-        device: u64,
-        policy: rootbox_proto::SizePolicy,
-    ) -> Result<u64, Ext4Error>;
+    fn minimum(&self, dev: &Path) -> Result<Minimum, Ext4Error>;
     fn resize(&self, dev: &Path, bytes: u64) -> Result<(), Ext4Error>;
     fn check(&self, dev: &Path) -> Result<(), Ext4Error>;
     fn usage(&self, dev: &Path) -> Result<Usage, Ext4Error>;
@@ -330,13 +329,8 @@ impl Tools for E2fsprogs {
     fn canonicalise(&self, dev: &Path, epoch: u64) -> Result<canon::Report, Ext4Error> {
         canonicalise(dev, epoch)
     }
-    fn converge_minimum(
-        &self,
-        dev: &Path,
-        device: u64,
-        policy: rootbox_proto::SizePolicy,
-    ) -> Result<u64, Ext4Error> {
-        converge_minimum(dev, device, policy)
+    fn minimum(&self, dev: &Path) -> Result<Minimum, Ext4Error> {
+        minimum(dev)
     }
     fn resize(&self, dev: &Path, bytes: u64) -> Result<(), Ext4Error> {
         resize(dev, bytes)
@@ -353,6 +347,46 @@ impl Tools for E2fsprogs {
 mod tests {
     use super::*;
     use rootbox_proto::SizePolicy;
+
+    /// What Debian's resize2fs 1.47.0 prints with `-d 32 -P` for Debian minbase on a 3 GiB
+    /// scratch filesystem.
+    const DEBUG_MIN: &str = "resize2fs 1.47.0 (5-Feb-2023)
+fs has 6776 inodes, 1 groups required.
+fs requires 60781 data blocks.
+With 1 group(s), we have 30589 blocks available.
+Added 1 extra group(s), blks_needed 60781, data_blocks 61178, last_start 30589
+Last group's overhead is 2179
+Need 30192 data blocks in last group
+Final size of last group is 32371
+Estimated blocks needed: 65139
+Extents safety margin: 1442
+Estimated minimum size of the filesystem: 66581
+";
+
+    #[test]
+    fn the_minimum_is_known_from_one_answer() {
+        let min = parse_minimum(DEBUG_MIN).unwrap_or_else(|e| panic!("{e:?}"));
+        // 65,139 + ceil(1,442 / 500): what resize2fs -P answered once shrunk to 66,581.
+        assert_eq!(min, Minimum { safe: 66581 * BLOCK, least: 65142 * BLOCK });
+        let plain = "Estimated minimum size of the filesystem: 66581\n";
+        let min = parse_minimum(plain).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(min, Minimum { safe: 66581 * BLOCK, least: 66581 * BLOCK });
+        // Lines that do not add up are not believed.
+        let odd = DEBUG_MIN.replace("margin: 1442", "margin: 17");
+        let min = parse_minimum(&odd).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(min.least, min.safe);
+        assert!(matches!(parse_minimum("resize2fs 1.47.0\n"), Err(None)));
+        let bad = DEBUG_MIN.replace(": 66581", ": 6x");
+        assert!(matches!(parse_minimum(&bad), Err(Some(_))));
+    }
+
+    #[test]
+    fn a_shrink_below_the_safe_minimum_goes_there_first() {
+        let min = Minimum { safe: 100 * BLOCK, least: 90 * BLOCK };
+        assert_eq!(shrink_steps(min, 120 * BLOCK), vec![120 * BLOCK]);
+        assert_eq!(shrink_steps(min, 100 * BLOCK), vec![100 * BLOCK]);
+        assert_eq!(shrink_steps(min, 92 * BLOCK), vec![100 * BLOCK, 92 * BLOCK]);
+    }
 
     #[test]
     fn journal_sizes() {

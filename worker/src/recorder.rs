@@ -225,14 +225,9 @@ impl ext4::Tools for Recorder {
         self.tool("canonicalise", format!("canonicalise {} {epoch}", dev.display()))?;
         Ok(canon::Report::default())
     }
-    fn converge_minimum(
-        &self,
-        dev: &Path,
-        _device: u64,
-        _policy: rootbox_proto::SizePolicy,
-    ) -> Result<u64, Ext4Error> {
+    fn minimum(&self, dev: &Path) -> Result<ext4::Minimum, Ext4Error> {
         self.tool("/sbin/resize2fs", format!("resize2fs -P {}", dev.display()))?;
-        Ok(64 << 20)
+        Ok(ext4::Minimum { safe: 64 << 20, least: 64 << 20 })
     }
     fn resize(&self, dev: &Path, bytes: u64) -> Result<(), Ext4Error> {
         self.tool("/sbin/resize2fs", format!("resize2fs {} {}", dev.display(), bytes / ext4::BLOCK))

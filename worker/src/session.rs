@@ -209,12 +209,13 @@ pub(crate) fn build<K: Kernel, T: ext4::Tools>(
 
     mount.unmount().map_err(|e| Some(Failure::new("unmounting the filesystem", &e)))?;
 
-    let min = tools
-        .converge_minimum(&dev, device_bytes, job.size)
-        .map_err(|e| Some(Failure::new("shrinking the filesystem", &e)))?;
-    let size = ext4::target_size(min, device_bytes, job.size)
+    let min =
+        tools.minimum(&dev).map_err(|e| Some(Failure::new("shrinking the filesystem", &e)))?;
+    let size = ext4::target_size(min.least, device_bytes, job.size)
         .map_err(|e| Some(Failure::new("sizing the filesystem", &e)))?;
-    tools.resize(&dev, size).map_err(|e| Some(Failure::new("resizing the filesystem", &e)))?;
+    for step in ext4::shrink_steps(min, size) {
+        tools.resize(&dev, step).map_err(|e| Some(Failure::new("resizing the filesystem", &e)))?;
+    }
     lap(Phase::Shrink, &mut t);
 
     if let Some(id) = identity.filter(|id| id.canonicalise) {
