@@ -32,6 +32,21 @@ pub struct Container {
     tail: Tail,
 }
 
+/// How many layer bytes may be in flight to the worker: the host decompresses this far ahead
+/// while the worker is held up in a slow write, and the worker then reads on while the host
+/// catches up. With the default (212,992 bytes on Debian) the two sides took turns: measured
+/// on Debian minbase, alternated, job 2.08-2.50 s with it, 1.86-2.02 s with 4 MiB.
+const IN_FLIGHT: usize = 4 << 20;
+
+/// Sets the send buffer of the host's end to [`IN_FLIGHT`]: forced past `net.core.wmem_max`
+/// (rootbox runs as root), else as far as that allows. Only speed depends on it.
+fn widen(host_end: &UnixStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(host_end, sockopt::SndBufForce, &IN_FLIGHT).is_err() {
+        let _ = setsockopt(host_end, sockopt::SndBuf, &IN_FLIGHT);
+    }
+}
+
 /// Starts the worker in a fresh container around `output`.
 pub fn start(image: &WorkerImage, output: &File) -> Result<Container, Unavailable> {
     if let Some(why) = unavailable(image) {
@@ -39,6 +54,7 @@ pub fn start(image: &WorkerImage, output: &File) -> Result<Container, Unavailabl
     }
     let failed = |why: String| move |e| Unavailable { why, source: Some(e) };
     let (host_end, worker_end) = UnixStream::pair().map_err(failed("socketpair".into()))?;
+    widen(&host_end);
     let sfd = worker_end.as_raw_fd();
     let ofd = output.as_raw_fd();
     let rootfs = image.rootfs();
@@ -104,5 +120,25 @@ impl Running for Container {
 impl Drop for Container {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_end_holds_the_bytes_in_flight() {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let (host_end, _worker_end) = UnixStream::pair().expect("socketpair");
+        widen(&host_end);
+        let got = getsockopt(&host_end, sockopt::SndBuf).expect("SO_SNDBUF");
+        let max: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        // The kernel reports twice what was set (its bookkeeping overhead).
+        let want = if nix::unistd::geteuid().is_root() { IN_FLIGHT } else { IN_FLIGHT.min(max) };
+        assert!(got >= want, "SO_SNDBUF {got}, want at least {want}");
     }
 }
