@@ -55,7 +55,14 @@ impl<O: Ops> Applier<O> {
             }
             e => sys(path, "creating parent directories")(e),
         })?;
-        let existing = lstat_at(&*parent, name).map_err(sys(path, "inspecting existing entry"))?;
+        // Regular files and symlinks, most of every layer, are created at once, and only where
+        // the name is taken is what holds it looked at ([`Applier::make`]).
+        let deferred = !self.inject && matches!(entry.kind, Kind::Regular | Kind::Symlink);
+        let existing = if deferred {
+            None
+        } else {
+            lstat_at(&*parent, name).map_err(sys(path, "inspecting existing entry"))?
+        };
         let existing_dir = existing.as_ref().is_some_and(is_dir);
         if self.inject && entry.kind != Kind::Dir && existing_dir {
             return Err(refused(path, "to inject a file where the image has a directory"));
@@ -109,9 +116,11 @@ impl<O: Ops> Applier<O> {
                     None => Content::Whole { size: entry.size },
                 };
                 let at = Place { parent: &parent, name, path };
+                let fd = self.make(&at, "creating file", |at| write::create_regular(at, &meta))?;
                 write::regular(
                     &mut self.ops,
                     at,
+                    fd,
                     data,
                     content,
                     &meta,
@@ -129,7 +138,8 @@ impl<O: Ops> Applier<O> {
                 }
                 self.clear_known(&parent, name, path, existing.as_ref())?;
                 let at = Place { parent: &parent, name, path };
-                write::symlink(&mut self.ops, at, target, &meta, &mut self.report)?;
+                self.make(&at, "creating symlink", |at| write::create_symlink(at, target))?;
+                write::symlink(&mut self.ops, at, &meta, &mut self.report)?;
                 self.root.invalidate();
             }
             Kind::Link => self.hardlink(&parent, name, path, &entry.link)?,
@@ -144,6 +154,25 @@ impl<O: Ops> Applier<O> {
             }
         }
         Ok(())
+    }
+
+    /// Runs `create` (an entry made by name, `EEXIST` where the name is taken); where the name
+    /// is taken, clears what holds it, as the overlay rules say, and creates once more.
+    fn make<T>(
+        &mut self,
+        at: &Place<'_>,
+        op: &'static str,
+        create: impl Fn(&Place<'_>) -> Result<T, Errno>,
+    ) -> Result<T, ApplyError> {
+        match create(at) {
+            Err(Errno::EXIST) => {
+                let existing = lstat_at(at.parent, at.name)
+                    .map_err(sys(at.path, "inspecting existing entry"))?;
+                self.clear_known(at.parent, at.name, at.path, existing.as_ref())?;
+                create(at).map_err(sys(at.path, op))
+            }
+            r => r.map_err(sys(at.path, op)),
+        }
     }
 
     fn node(

@@ -13,6 +13,12 @@ use rustix::io::Errno;
 pub trait Ops {
     /// The owner of an open file or directory.
     fn fchown(&mut self, fd: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<(), Errno>;
+    /// [`Ops::fchown`] of an inode this applier has just created, skipped where it has that
+    /// owner already: a new inode holds no set-id bit or capability a chown would clear, so
+    /// the skip changes nothing but the cost (most files are root's, as the applier is).
+    fn fchown_new(&mut self, fd: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<(), Errno> {
+        self.fchown(fd, uid, gid)
+    }
     /// The owner of `name` in `dir`, the name itself (a symlink is not followed).
     fn lchownat(
         &mut self,
@@ -38,6 +44,14 @@ pub struct Real;
 impl Ops for Real {
     fn fchown(&mut self, fd: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<(), Errno> {
         rustix::fs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+    }
+
+    fn fchown_new(&mut self, fd: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<(), Errno> {
+        let st = rustix::fs::fstat(fd)?;
+        if (st.st_uid, st.st_gid) == (uid, gid) {
+            return Ok(());
+        }
+        self.fchown(fd, uid, gid)
     }
 
     fn lchownat(

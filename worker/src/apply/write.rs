@@ -124,7 +124,12 @@ fn set_meta(
     path: &ImagePath,
     report: &mut Report,
 ) -> Result<(), ApplyError> {
-    ops.fchown(fd.as_fd(), meta.uid, meta.gid).map_err(sys(path, "chown"))?;
+    if existing {
+        ops.fchown(fd.as_fd(), meta.uid, meta.gid)
+    } else {
+        ops.fchown_new(fd.as_fd(), meta.uid, meta.gid)
+    }
+    .map_err(sys(path, "chown"))?;
     if chmod {
         rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode)).map_err(sys(path, "chmod"))?;
     }
@@ -147,10 +152,26 @@ fn set_meta(
     rustix::fs::futimens(fd, &timestamps(meta.mtime)).map_err(sys(path, "setting times"))
 }
 
-/// A regular file: its content from `src` as `content` lays it out.
+/// Whether a regular file of `meta` is created with its mode (then no chmod follows).
+fn plain(meta: &Meta) -> bool {
+    meta.mode & CHOWN_CLEARED == 0
+}
+
+/// Creates the regular file `at` names, for writing: `EEXIST` where the name is taken.
+pub fn create_regular(at: &Place<'_>, meta: &Meta) -> Result<OwnedFd, Errno> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    // The applier's umask is 0, and a file created read-only is still written through the
+    // descriptor that created it: a plain mode is given here, saving a chmod per file.
+    let create_mode = if plain(meta) { meta.mode & 0o777 } else { 0o600 };
+    rustix::fs::openat(at.parent, at.name, flags, Mode::from_raw_mode(create_mode))
+}
+
+/// A regular file [`create_regular`] made: its content from `src` as `content` lays it out.
+#[allow(clippy::too_many_arguments)]
 pub fn regular(
     ops: &mut dyn Ops,
     at: Place<'_>,
+    fd: OwnedFd,
     src: &mut dyn Read,
     content: Content<'_>,
     meta: &Meta,
@@ -158,13 +179,7 @@ pub fn regular(
     report: &mut Report,
 ) -> Result<(), ApplyError> {
     let path = at.path;
-    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    // The applier's umask is 0, and a file created read-only is still written through the
-    // descriptor that created it: a plain mode is given here, saving a chmod per file.
-    let plain = meta.mode & CHOWN_CLEARED == 0;
-    let create_mode = if plain { meta.mode & 0o777 } else { 0o600 };
-    let fd = rustix::fs::openat(at.parent, at.name, flags, Mode::from_raw_mode(create_mode))
-        .map_err(sys(path, "creating file"))?;
+    let plain = plain(meta);
     let file = File::from(fd);
     let (size, segments) = match content {
         Content::Whole { size } => (size, vec![Segment { offset: 0, len: size }]),
@@ -273,17 +288,20 @@ fn lset_xattrs(
     })
 }
 
-/// A symlink, owned and timed; its xattrs where the kernel takes them (not user.*).
+/// Creates the symlink `at` names: `EEXIST` where the name is taken.
+pub fn create_symlink(at: &Place<'_>, target: &[u8]) -> Result<(), Errno> {
+    rustix::fs::symlinkat(OsStr::from_bytes(target), at.parent, at.name)
+}
+
+/// A symlink [`create_symlink`] made, owned and timed; its xattrs where the kernel takes
+/// them (not user.*).
 pub fn symlink(
     ops: &mut dyn Ops,
     at: Place<'_>,
-    target: &[u8],
     meta: &Meta,
     report: &mut Report,
 ) -> Result<(), ApplyError> {
     let Place { parent, name, path } = at;
-    rustix::fs::symlinkat(OsStr::from_bytes(target), parent, name)
-        .map_err(sys(path, "creating symlink"))?;
     ops.lchownat(parent.as_fd(), name, meta.uid, meta.gid).map_err(sys(path, "chown"))?;
     lset_xattrs(parent, name, meta, path, report)?;
     rustix::fs::utimensat(parent, name, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
