@@ -36,13 +36,18 @@ pub fn proc_read_only(k: &impl Kernel, proc: &Path) -> Result<(), SysError> {
 /// are not prefetched: the allocator's cheap passes skip groups whose bitmaps are not loaded
 /// yet, so a prefetch finishing sooner or later would move blocks. Identical xattr blocks are
 /// not shared (`nombcache`): the cache that finds them drops entries under memory pressure,
-/// so sharing would follow the host's memory; mke2fs -d does not share them either.
+/// so sharing would follow the host's memory; mke2fs -d does not share them either. Writes
+/// allocate written extents (`nodioread_nolock`): with ext4's default they allocate
+/// unwritten ones that writeback converts as it completes, so once writeback ran during the
+/// apply (the device's dirty limit, `session.rs`) a file's extents split or merged, and an
+/// extent block was allocated, at times of writeback's choosing (seen once in eight
+/// concurrent Debian builds: one block placed in group 2 instead of group 1).
 pub fn image<'a>(dev: &'a Path, target: &'a Path) -> Mount<'a> {
     Mount {
         source: dev,
         target,
         fstype: "ext4",
         flags: MountFlags::NOATIME | MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC,
-        data: c"noinit_itable,nodelalloc,no_prefetch_block_bitmaps,nombcache",
+        data: c"noinit_itable,nodelalloc,nodioread_nolock,no_prefetch_block_bitmaps,nombcache",
     }
 }
