@@ -163,6 +163,47 @@ fn deleted_data_is_not_in_the_image_in_the_vm() {
 }
 
 /// An OCI layout of one small layer; returns (source, the layer blob's path).
+/// A loop device's flush and dirty-limit settings: (queue/write_cache, bdi/strict_limit).
+fn loop_settings(dev: &str) -> (String, String) {
+    let read = |knob: &str| {
+        let p = Path::new("/sys/block").join(dev).join(knob);
+        fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).trim().to_string()
+    };
+    (read("queue/write_cache"), read("bdi/strict_limit"))
+}
+
+/// The worker's loop device passes no flushes on and has a dirty limit while it builds;
+/// those settings outlive the device's detach, so a finished build puts the kernel's
+/// defaults back: the next user of the host's loop device gets flushes that reach the disk.
+#[test]
+fn a_finished_build_gives_its_loop_device_back_as_the_kernel_set_it_up() {
+    let env = require_root!();
+    let tmp = tempdir();
+    let NoisePull { child, rx, out_dir, seen, .. } =
+        NoisePull::start(&env, tmp.path(), "container");
+    let start = Instant::now();
+    let dev = loop {
+        if let Some(l) = loops_under(&out_dir).first() {
+            break l.split(':').next().unwrap_or_default().to_string();
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no loop device found: {seen:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let tuned = ("write through".to_string(), "1".to_string());
+    assert_eq!(loop_settings(&dev), tuned, "{dev} while the build applies");
+    let (code, lines) = finish(child, &rx, Duration::from_secs(300));
+    assert_eq!(code, 0, "{}", lines.join("\n"));
+    expect_no_loops_under(&out_dir);
+    // Another test's build may have taken the free device since: then it is that build's.
+    let attached = Path::new("/sys/block").join(&dev).join("loop/backing_file").exists();
+    if attached {
+        eprintln!("{dev} was taken by another build before it could be looked at");
+        return;
+    }
+    let defaults = ("write back".to_string(), "0".to_string());
+    assert_eq!(loop_settings(&dev), defaults, "{dev} after the build");
+}
+
 fn small_oci(dir: &Path) -> (String, PathBuf) {
     use rootbox_tests::layer::{Entry as E, LayerBuilder};
     use rootbox_tests::oci::{Compression, Image};

@@ -183,6 +183,7 @@ pub(crate) fn build<K: Kernel, T: ext4::Tools>(
     let mount = Mounted::new(k, &sys::mounts::image(&dev, target))
         .map_err(|e| Some(Failure::new("mounting the new filesystem", &e)))?;
     let mut warnings = Vec::new();
+    let _defaults = _loop_dev.as_ref().map(|_| LoopDefaults { k, dev: &dev });
     tune_device(k, &dev, &mut warnings);
     lap(Phase::Mkfs, &mut t);
 
@@ -536,6 +537,47 @@ fn tune_device(k: &impl Kernel, dev: &Path, warnings: &mut Vec<String>) {
     }
 }
 
+/// A host loop device's queue and bdi as the kernel sets them up, put back when the build
+/// ends, however it ends: what [`tune_device`] writes outlives the device's detach (seen on
+/// 6.18), and the next user of the loop device must find its flushes reaching the disk and no
+/// dirty limit. Defaults, not what was there: a build killed before this ran leaves its
+/// settings, and the next build on that device must not take them for the host's. A microVM's
+/// disk goes with the VM.
+struct LoopDefaults<'a, K: Kernel> {
+    k: &'a K,
+    dev: &'a Path,
+}
+
+impl<K: Kernel> Drop for LoopDefaults<'_, K> {
+    fn drop(&mut self) {
+        let name = self.dev.file_name().map(|n| n.to_string_lossy().into_owned());
+        let Some(name) = name else { return };
+        let sysfs = Path::new("/sys");
+        let mounted_here = !self.k.exists(&sysfs.join("fs"));
+        if mounted_here {
+            let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+            if self.k.mount(&Mount::virtual_fs("sysfs", sysfs, flags, c"")).is_err() {
+                return;
+            }
+        }
+        let block = sysfs.join("block").join(&name);
+        for (knob, default) in [
+            ("queue/write_cache", "write back"),
+            ("bdi/strict_limit", "0"),
+            ("bdi/max_ratio", "100"),
+        ] {
+            let knob = block.join(knob);
+            if self.k.exists(&knob) {
+                // Nothing to tell: the build's result is already decided.
+                let _ = self.k.write_knob(&knob, default);
+            }
+        }
+        if mounted_here {
+            let _ = self.k.unmount(sysfs, true);
+        }
+    }
+}
+
 /// Makes the device complete flushes without passing them on (its queue's `write_cache` to
 /// "write through"): the output is a temp file the host discards unless the build succeeds,
 /// and the host `fsync`s it before moving it into place (`host/src/output.rs`), so nothing
@@ -628,6 +670,12 @@ mod tests {
     const RESIZE: &str = "resize2fs /dev/loop0 16384";
     const FSCK: &[&str] = &["progress fsck", "e2fsck -fn /dev/loop0", "read superblock /dev/loop0"];
     const DETACH: &str = "loop detach /dev/loop0";
+    /// What the loop device's settings are put back to before it is detached.
+    const RESTORE: &[&str] = &[
+        "write /sys/block/loop0/queue/write_cache write back",
+        "write /sys/block/loop0/bdi/strict_limit 0",
+        "write /sys/block/loop0/bdi/max_ratio 100",
+    ];
 
     fn seq(parts: &[&[&str]]) -> Vec<String> {
         parts.iter().flat_map(|p| p.iter().map(|s| s.to_string())).collect()
@@ -646,7 +694,7 @@ mod tests {
     fn a_file_output_is_built_in_order_and_its_loop_device_detached_last() {
         let rec = Recorder::default();
         let (r, calls) = run(&rec, &file());
-        let full = seq(&[MKFS, APPLY, SHRINK, &[RESIZE], FSCK, &[DETACH]]);
+        let full = seq(&[MKFS, APPLY, SHRINK, &[RESIZE], FSCK, RESTORE, &[DETACH]]);
         assert_eq!(calls, full);
         let result = r.unwrap_or_else(|_| panic!("the build failed"));
         assert_eq!(result.size_bytes, 64 << 20);
@@ -692,6 +740,7 @@ mod tests {
                 &[RESIZE],
                 canon,
                 FSCK,
+                RESTORE,
                 &[DETACH],
             ]);
             assert_eq!(rec.calls(), want, "canonicalise: {canonicalise}");
@@ -755,7 +804,7 @@ mod tests {
     fn a_failed_apply_unmounts_lazily_then_detaches() {
         let rec = Recorder::failing_at("apply layers");
         let (r, calls) = run(&rec, &file());
-        assert_eq!(calls, seq(&[MKFS, &APPLY[..2], &["umount -l /target", DETACH]]));
+        assert_eq!(calls, seq(&[MKFS, &APPLY[..2], RESTORE, &["umount -l /target", DETACH]]));
         assert_eq!(failure(r), format!("applying layers: {INJECTED}"));
     }
 
@@ -763,7 +812,7 @@ mod tests {
     fn a_failed_sync_is_a_full_disk_and_releases_the_mount() {
         let rec = Recorder::failing_at("syncfs");
         let (r, calls) = run(&rec, &file());
-        assert_eq!(calls, seq(&[MKFS, APPLY, &["umount -l /target", DETACH]]));
+        assert_eq!(calls, seq(&[MKFS, APPLY, RESTORE, &["umount -l /target", DETACH]]));
         assert_eq!(
             failure(r),
             format!(
@@ -777,7 +826,10 @@ mod tests {
     fn a_failed_unmount_falls_back_to_a_lazy_one() {
         let rec = Recorder::failing_at("umount /target");
         let (r, calls) = run(&rec, &file());
-        assert_eq!(calls, seq(&[MKFS, APPLY, &SHRINK[..3], &["umount -l /target", DETACH]]));
+        assert_eq!(
+            calls,
+            seq(&[MKFS, APPLY, &SHRINK[..3], &["umount -l /target"], RESTORE, &[DETACH]])
+        );
         assert!(failure(r).starts_with("unmounting the filesystem: "));
     }
 
@@ -787,7 +839,7 @@ mod tests {
             let rec = Recorder::failing_at(step);
             let (r, calls) = run(&rec, &file());
             let done: &[&str] = if upto == 1 { &[RESIZE] } else { &[RESIZE, FSCK[0], FSCK[1]] };
-            assert_eq!(calls, seq(&[MKFS, APPLY, SHRINK, done, &[DETACH]]), "{step}");
+            assert_eq!(calls, seq(&[MKFS, APPLY, SHRINK, done, RESTORE, &[DETACH]]), "{step}");
             assert!(r.is_err(), "{step}");
         }
     }
@@ -803,10 +855,11 @@ mod tests {
             let rec = Recorder::failing_at(step);
             let (r, calls) = run(&rec, &file());
             // A failed max_bytes leaves strict_limit unset: it would bound nothing alone.
-            let expected: Vec<String> = seq(&[MKFS, APPLY, SHRINK, &[RESIZE], FSCK, &[DETACH]])
-                .into_iter()
-                .filter(|c| !(step.ends_with("max_bytes") && c.contains("strict_limit")))
-                .collect();
+            let expected: Vec<String> =
+                seq(&[MKFS, APPLY, SHRINK, &[RESIZE], FSCK, RESTORE, &[DETACH]])
+                    .into_iter()
+                    .filter(|c| !(step.ends_with("max_bytes") && c.ends_with("strict_limit 1")))
+                    .collect();
             assert_eq!(calls, expected, "{step}");
             let result = r.unwrap_or_else(|_| panic!("{step}: the build failed"));
             assert_eq!(result.warnings.len(), 1, "{step}: {:?}", result.warnings);
@@ -841,6 +894,8 @@ mod tests {
         let (r, calls) = run(&rec, &file());
         let result = r.unwrap_or_else(|_| panic!("the build failed"));
         assert!(result.warnings.is_empty(), "{:?}", result.warnings);
-        assert!(!calls.iter().any(|c| c.contains("/sys/block/")), "{calls:?}");
+        let block: Vec<&str> =
+            calls.iter().map(String::as_str).filter(|c| c.contains("/sys/block/")).collect();
+        assert_eq!(block, RESTORE[1..], "{calls:?}");
     }
 }
