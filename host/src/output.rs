@@ -203,12 +203,12 @@ fn start_writeback(f: &File) {
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// Writes the output file out to its disk while the sandbox builds it, so the build does not
-/// end waiting for the whole image to reach the disk. The worker's filesystem flushes (its
-/// syncfs, resize2fs's fsync) reach this file as `fsync`s, and on a disk with a write cache
-/// each such flush waits for everything written since the last one: measured on Debian
-/// minbase here, the syncfs that ends the apply took 0.62-0.83 s when it was the first flush,
-/// 0.28-0.34 s with this running. It only moves when bytes reach the disk, never which bytes
-/// the image holds. Stopped (and joined) on drop.
+/// end waiting for the whole image to reach the disk: the worker's device passes no flushes
+/// on (`worker/src/tune.rs`), so what is not written out here is left to the `fsync` in
+/// [`Output::finish`]. (Measured before flushes were turned off, when the syncfs that ends the
+/// apply was the first flush: 0.62-0.83 s without this running, 0.28-0.34 s with it.) It only
+/// moves when bytes reach the disk, never which bytes the image holds. Stopped (and joined)
+/// on drop.
 pub struct Flusher {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,

@@ -194,11 +194,13 @@ fn a_finished_build_gives_its_loop_device_back_as_the_kernel_set_it_up() {
     let (code, lines) = finish(child, &rx, Duration::from_secs(300));
     assert_eq!(code, 0, "{}", lines.join("\n"));
     expect_no_loops_under(&out_dir);
-    // Another test's build may have taken the free device since: then it is that build's.
-    let attached = Path::new("/sys/block").join(&dev).join("loop/backing_file").exists();
-    if attached {
-        eprintln!("{dev} was taken by another build before it could be looked at");
-        return;
+    // Another test's build may have taken the free device since: it puts the defaults back
+    // too when it ends, so wait for the device to be free, never pass without looking.
+    let backing = Path::new("/sys/block").join(&dev).join("loop/backing_file");
+    let freed = Instant::now();
+    while backing.exists() {
+        assert!(freed.elapsed() < Duration::from_secs(300), "{dev} never came free again");
+        std::thread::sleep(Duration::from_millis(50));
     }
     let defaults = ("write back".to_string(), "0".to_string());
     assert_eq!(loop_settings(&dev), defaults, "{dev} after the build");

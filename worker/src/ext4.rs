@@ -99,7 +99,7 @@ const GROWTH_MAX_BLOCKS: u64 = (1 << 40) / BLOCK;
 /// The journal goes first, after group 0's inode table (`location=0`), not in the middle of
 /// the scratch filesystem where mke2fs puts it, from where the shrink would have to move it:
 /// measured on Debian minbase shrunk from 3 GiB, resize2fs took 0.30 s with the journal in the
-/// middle, 0.19-0.22 s with it first (with the device's flushes off, see `session.rs`).
+/// middle, 0.19-0.22 s with it first (with the device's flushes off, see `tune.rs`).
 ///
 /// With an `identity`, the UUID and directory hash seed are the host's (derived from the
 /// build's inputs) instead of random ones.

@@ -18,4 +18,5 @@ pub mod session;
 mod stream;
 #[allow(unsafe_code)]
 pub mod sys;
+mod tune;
 pub mod vm;

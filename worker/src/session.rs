@@ -15,9 +15,8 @@ use crate::apply::{Applier, ApplyError};
 use crate::ext4;
 use crate::stream::{stream_cause, LayerStream};
 use crate::sys;
-use crate::sys::kernel::{Kernel, Loop as _, Mount, Mounted, Real};
-use crate::sys::SysError;
-use rustix::mount::MountFlags;
+use crate::sys::kernel::{Kernel, Loop as _, Mounted, Real};
+use crate::tune;
 use std::os::fd::AsFd as _;
 
 /// Where the image is mounted while layers are applied.
@@ -183,8 +182,8 @@ pub(crate) fn build<K: Kernel, T: ext4::Tools>(
     let mount = Mounted::new(k, &sys::mounts::image(&dev, target))
         .map_err(|e| Some(Failure::new("mounting the new filesystem", &e)))?;
     let mut warnings = Vec::new();
-    let _defaults = _loop_dev.as_ref().map(|_| LoopDefaults { k, dev: &dev });
-    tune_device(k, &dev, &mut warnings);
+    let _defaults = _loop_dev.as_ref().map(|_| tune::LoopDefaults { k, dev: &dev });
+    warnings.extend(tune::tune(k, &dev));
     lap(Phase::Mkfs, &mut t);
 
     if identity.is_some() {
@@ -497,123 +496,6 @@ fn layer_failure(e: LayerFailure, i: usize, total: usize, digest: Option<String>
         LayerFailure::Stream(io) => (None, chain(io)),
     };
     Failure(RemoteError { operation, layer: digest, path, causes, internal: false })
-}
-
-/// How much of the image may sit dirty in the page cache before the kernel writes it out to
-/// the device: the build's writes then reach the output file while layers still apply, where
-/// the host flushes them to its disk (`host/src/output.rs`, `Flusher`), instead of all at the
-/// syncfs that ends the apply (measured on Debian minbase into a loop-mounted image: that
-/// syncfs took 0.62-0.83 s unbounded, 0.28-0.34 s bounded with the host flushing). Only where
-/// the kernel has `max_bytes` (6.2+): the microVM's small memory bounds its dirty pages anyway.
-const DIRTY_MAX_BYTES: u64 = 32 << 20;
-
-/// Tunes the new filesystem and its device through sysfs, mounted only for these writes and
-/// unmounted before any layer content is read. What fails is a warning: the build is the same
-/// without, only slower.
-fn tune_device(k: &impl Kernel, dev: &Path, warnings: &mut Vec<String>) {
-    let name = dev.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let sysfs = Path::new("/sys");
-    let mut warn = |what: &str, e: &SysError| {
-        warnings.push(format!("could not {what}: {}", chain(e).join(": ")));
-    };
-    let mounted_here = !k.exists(&sysfs.join("fs"));
-    if mounted_here {
-        let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
-        if let Err(e) = k.mount(&Mount::virtual_fs("sysfs", sysfs, flags, c"")) {
-            return warn("mount sysfs to tune the output device (the build may be slower)", &e);
-        }
-    }
-    if let Err(e) = pack_allocations(k, sysfs, &name) {
-        warn("pack allocations (shrinking may be slower)", &e);
-    }
-    if let Err(e) = bound_dirty_pages(k, sysfs, &name) {
-        warn("bound the output device's dirty pages (the build may end in a long write-out)", &e);
-    }
-    if let Err(e) = skip_flushes(k, sysfs, &name) {
-        warn("turn off the output device's flushes (the shrink may be slower)", &e);
-    }
-    if mounted_here {
-        let _ = k.unmount(sysfs, true);
-    }
-}
-
-/// A host loop device's queue and bdi as the kernel sets them up, put back when the build
-/// ends, however it ends: what [`tune_device`] writes outlives the device's detach (seen on
-/// 6.18), and the next user of the loop device must find its flushes reaching the disk and no
-/// dirty limit. Defaults, not what was there: a build killed before this ran leaves its
-/// settings, and the next build on that device must not take them for the host's. A microVM's
-/// disk goes with the VM.
-struct LoopDefaults<'a, K: Kernel> {
-    k: &'a K,
-    dev: &'a Path,
-}
-
-impl<K: Kernel> Drop for LoopDefaults<'_, K> {
-    fn drop(&mut self) {
-        let name = self.dev.file_name().map(|n| n.to_string_lossy().into_owned());
-        let Some(name) = name else { return };
-        let sysfs = Path::new("/sys");
-        let mounted_here = !self.k.exists(&sysfs.join("fs"));
-        if mounted_here {
-            let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
-            if self.k.mount(&Mount::virtual_fs("sysfs", sysfs, flags, c"")).is_err() {
-                return;
-            }
-        }
-        let block = sysfs.join("block").join(&name);
-        for (knob, default) in [
-            ("queue/write_cache", "write back"),
-            ("bdi/strict_limit", "0"),
-            ("bdi/max_ratio", "100"),
-        ] {
-            let knob = block.join(knob);
-            if self.k.exists(&knob) {
-                // Nothing to tell: the build's result is already decided.
-                let _ = self.k.write_knob(&knob, default);
-            }
-        }
-        if mounted_here {
-            let _ = self.k.unmount(sysfs, true);
-        }
-    }
-}
-
-/// Makes the device complete flushes without passing them on (its queue's `write_cache` to
-/// "write through"): the output is a temp file the host discards unless the build succeeds,
-/// and the host `fsync`s it before moving it into place (`host/src/output.rs`), so nothing
-/// needs it on the disk earlier. Until then every flush the filesystem and the e2fsprogs
-/// tools make (resize2fs alone flushes hundreds of times moving blocks) waited for the host
-/// disk: measured on Debian minbase, resize2fs took 0.58-0.75 s with flushes, 0.20-0.25 s
-/// without. Where the device has no such knob (a partition) nothing changes.
-fn skip_flushes(k: &impl Kernel, sysfs: &Path, dev: &str) -> Result<(), SysError> {
-    let knob = sysfs.join("block").join(dev).join("queue/write_cache");
-    if !k.exists(&knob) {
-        return Ok(());
-    }
-    k.write_knob(&knob, "write through")
-}
-
-/// Makes ext4 allocate inodes (and so data) from the first block group on, instead of
-/// spreading top-level directories across the whole scratch filesystem, so the final shrink
-/// moves little or nothing (`inode_goal`). (`mb_prefetch` at 0, tried for reproducibility,
-/// spread a streamed Debian pull's blocks over a 34.5 GiB scratch filesystem so that
-/// resize2fs ran out of space shrinking it: see `registry::cache::registry_debian_in_eight_layers…`.)
-fn pack_allocations(k: &impl Kernel, sysfs: &Path, dev: &str) -> Result<(), SysError> {
-    // The first inode after the reserved ones and lost+found.
-    k.write_knob(&sysfs.join("fs/ext4").join(dev).join("inode_goal"), "12")
-}
-
-/// A strict per-device limit of [`DIRTY_MAX_BYTES`] on the device's backing-dev info. Where
-/// the kernel has no `max_bytes` knob this does nothing and is no failure. Where writeback
-/// happens changes no block the filesystem allocates: allocation is at `write()`
-/// (`nodelalloc`), and writeback commits no journal transaction.
-fn bound_dirty_pages(k: &impl Kernel, sysfs: &Path, dev: &str) -> Result<(), SysError> {
-    let bdi = sysfs.join("block").join(dev).join("bdi");
-    if !k.exists(&bdi.join("max_bytes")) {
-        return Ok(());
-    }
-    k.write_knob(&bdi.join("max_bytes"), &DIRTY_MAX_BYTES.to_string())?;
-    k.write_knob(&bdi.join("strict_limit"), "1")
 }
 
 #[cfg(test)]

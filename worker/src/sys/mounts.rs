@@ -39,7 +39,7 @@ pub fn proc_read_only(k: &impl Kernel, proc: &Path) -> Result<(), SysError> {
 /// so sharing would follow the host's memory; mke2fs -d does not share them either. Writes
 /// allocate written extents (`nodioread_nolock`): with ext4's default they allocate
 /// unwritten ones that writeback converts as it completes, so once writeback ran during the
-/// apply (the device's dirty limit, `session.rs`) a file's extents split or merged, and an
+/// apply (the device's dirty limit, `tune.rs`) a file's extents split or merged, and an
 /// extent block was allocated, at times of writeback's choosing (seen once in eight
 /// concurrent Debian builds: one block placed in group 2 instead of group 1).
 pub fn image<'a>(dev: &'a Path, target: &'a Path) -> Mount<'a> {
