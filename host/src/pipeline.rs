@@ -1,11 +1,12 @@
 //! Layers on their way to the worker: fetched and checked by a few threads at once, handed
 //! to the job strictly in order. A local source's blobs (and cached registry blobs) are
-//! checked (digest, size) before the sandbox starts, without decompressing them: their
-//! diff_id and uncompressed size are checked as they ship (`crate::ship`), so every byte is
-//! decompressed once; the scratch file is sized from the sizes the blobs declare. A registry
-//! source streams: layer i ships as soon as it is downloaded and verified while later layers
-//! still download, so a cold pull takes about max(download, build) instead of their sum.
-//! `--fetch-first` verifies everything in full before the build, and sizes it exactly.
+//! checked (digest, size) without decompressing them, while the sandbox starts and the
+//! worker makes the filesystem: their diff_id and uncompressed size are checked as they ship
+//! (`crate::ship`), so every byte is decompressed once; a local image's scratch file is sized
+//! from the sizes its blobs declare (their first and last bytes). A registry source streams:
+//! layer i ships as soon as it is downloaded and verified while later layers still download,
+//! so a cold pull takes about max(download, build) instead of their sum. `--fetch-first`
+//! verifies everything in full before the build, and sizes it exactly.
 //!
 //! No byte of a layer reaches the sandbox before that layer's blob digest and size are
 //! checked, and no layer ends (`LayerEnd`) before its diff_id is; the `--max-uncompressed`
@@ -96,9 +97,9 @@ pub struct Layers {
 }
 
 impl Layers {
-    /// Starts fetching and checking. Unless the source is remote and `fetch_first` is false,
-    /// waits until every layer is checked (and fails on the first bad one); with
-    /// `fetch_first`, verified in full.
+    /// Starts fetching and checking. With `fetch_first`, waits until every layer is verified
+    /// in full (and fails on the first bad one); otherwise the layers come out of the
+    /// iterator as their checks finish, and a bad one ends the job when its turn comes.
     pub fn start(
         src: Arc<dyn Source>,
         image: &Image,
@@ -168,7 +169,18 @@ impl Layers {
             known_uncompressed: 0,
             exact: false,
         };
-        if !me.streaming {
+        if !fetch_first && !me.remote {
+            // A local source: its blobs are checked by the threads while the sandbox starts
+            // (each before its first byte ships); the scratch file is sized now from what
+            // they declare, read from their first and last bytes.
+            let mut declared = 0u64;
+            for (i, l) in me.image_layers.iter().enumerate() {
+                let d = verify::declared(l, &layer_what(&me.what, i, n, l))?;
+                declared =
+                    declared.saturating_add(d.unwrap_or_else(|| estimate(l.blob.len(), limit)));
+            }
+            me.known_uncompressed = declared.min(limit);
+        } else if !me.streaming {
             let mut all = Vec::with_capacity(n);
             for _ in 0..n {
                 match me.next_image_layer() {
@@ -392,10 +404,13 @@ mod tests {
             if first && i == 1 && self.corrupt_first {
                 bytes[0] ^= 1;
             }
-            std::fs::File::create(self.dir.path().join(i.to_string()))
-                .unwrap()
-                .write_all(&bytes)
-                .unwrap();
+            // A registry "downloads" the blob; a local source's is on disk already.
+            if self.remote {
+                std::fs::File::create(self.dir.path().join(i.to_string()))
+                    .unwrap()
+                    .write_all(&bytes)
+                    .unwrap();
+            }
             Ok(self.inline.then(|| Verified {
                 compression: Compression::None,
                 uncompressed: bytes.len() as u64,
@@ -412,9 +427,16 @@ mod tests {
 
     /// A registry (`remote`) or local source of five layers; see [`Fake`] for the rest.
     fn fake(corrupt_first: bool, inline: bool, remote: bool) -> Arc<Fake> {
-        let blobs = (0..5u8).map(|i| vec![i; 1000 + usize::from(i)]).collect();
+        let blobs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 + usize::from(i)]).collect();
+        let dir = tempfile::tempdir().unwrap();
+        if !remote {
+            // A local source's blobs are on disk from the start.
+            for (i, b) in blobs.iter().enumerate() {
+                std::fs::write(dir.path().join(i.to_string()), b).unwrap();
+            }
+        }
         Arc::new(Fake {
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             blobs,
             fetches: Mutex::new(Vec::new()),
             corrupt_first,
@@ -436,6 +458,34 @@ mod tests {
         assert_eq!(digests, want);
         let fetches = f.fetches.lock().unwrap();
         assert_eq!(fetches.iter().filter(|&&i| i == 1).count(), 2, "{fetches:?}");
+    }
+
+    /// A local source's layers are checked while the job runs: starting does not wait for
+    /// them, the scratch size comes from what they declare, and a blob that fails its check
+    /// comes out in its turn as the error, after the good layers before it.
+    #[test]
+    fn a_local_blob_is_checked_in_its_turn() {
+        let f = fake(false, false, false);
+        let image = f.resolve(&PlatformSpec::parse("linux/amd64").unwrap()).unwrap();
+        let mut bad = f.blobs[2].clone();
+        bad[0] ^= 1;
+        std::fs::write(f.dir.path().join("2"), &bad).unwrap();
+        let src: Arc<dyn Source> = f.clone();
+        let layers = Layers::start(src, &image, None, 1 << 20, false, &Progress::default())
+            .expect("start does not wait for the checks");
+        let total: u64 = f.blobs.iter().map(|b| b.len() as u64).sum();
+        assert_eq!(layers.scratch_basis(), total);
+        let got: Vec<Item> = layers.collect();
+        assert_eq!(got.len(), 3, "two good layers, then the bad one; nothing after it");
+        assert!(got[..2].iter().all(|x| x.is_ok()));
+        match &got[2] {
+            Err(SourceError::DigestMismatch { what, .. }) => assert!(what.contains("layer 3 of 5")),
+            other => panic!("{other:?}"),
+        }
+        // Checked with --fetch-first, the same blob fails the start itself.
+        let src: Arc<dyn Source> = f.clone();
+        let e = Layers::start(src, &image, None, 1 << 20, true, &Progress::default());
+        assert!(matches!(e, Err(SourceError::DigestMismatch { .. })));
     }
 
     /// A registry image's journal hint is the same streamed or fetched first; for these plain
@@ -530,10 +580,10 @@ mod tests {
         ));
     }
 
-    /// A local source: blobs checked up front without decompressing, sized from what they
-    /// declare, nothing charged until they ship (see `job::tests`).
+    /// A local source: blobs checked without decompressing, sized from what they declare,
+    /// nothing charged until they ship (see `job::tests`).
     #[test]
-    fn local_blobs_are_checked_up_front_and_sized_from_what_they_declare() {
+    fn local_blobs_are_checked_by_their_blob_and_sized_from_what_they_declare() {
         let f = fake(false, false, false);
         let image = f.resolve(&PlatformSpec::parse("linux/amd64").unwrap()).unwrap();
         let src: Arc<dyn Source> = f.clone();

@@ -85,8 +85,8 @@ pub fn run(args: &Request) -> Result<Report> {
     }
     let plan = &decision.plan;
 
-    // Fetch and check: blobs up front for local sources (the rest as they ship), everything
-    // up front with --fetch-first; streamed for registries (see pipeline).
+    // Fetch and check: everything up front with --fetch-first; otherwise blob digests on
+    // threads while the sandbox starts and the rest as the bytes ship (see pipeline).
     let t = Instant::now();
     let injection = inject::layer(!args.no_default_assets, args.inject.as_deref())?;
     let injected = injection.is_some();

@@ -119,6 +119,19 @@ impl BlobLocation {
         }
     }
 
+    /// Fills `buf` from `at` bytes into the blob (all of it must lie within the blob).
+    pub fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if at.saturating_add(buf.len() as u64) > self.len() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        match self {
+            Self::File { path, offset, .. } => File::open(path)?.read_exact_at(buf, offset + at),
+            Self::Opened { file, offset, .. } => file.read_exact_at(buf, offset + at),
+            Self::Spooled { file, .. } => file.read_exact_at(buf, at),
+        }
+    }
+
     pub fn open(&self) -> io::Result<Box<dyn Read + Send>> {
         match self {
             Self::File { path, offset, len } => {
