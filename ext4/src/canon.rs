@@ -319,6 +319,9 @@ pub fn journal_blocks(fs: &Fs) -> Result<Option<(u64, Vec<u64>)>> {
     Ok(Some((jsb, log)))
 }
 
+/// Journal blocks read at once (1 MiB of 4 KiB blocks).
+const JOURNAL_RUN: usize = 256;
+
 fn journal(fs: &Fs, report: &mut Report) -> Result<()> {
     let Some((jsb_at, log)) = journal_blocks(fs)? else { return Ok(()) };
     let what = || "the journal superblock".to_string();
@@ -333,15 +336,26 @@ fn journal(fs: &Fs, report: &mut Report) -> Result<()> {
         ));
     }
     let maxlen = u64::from(be32(&jsb, 0x10));
-    for (i, &b) in log.iter().enumerate() {
-        if i as u64 + 1 >= maxlen {
-            break;
+    let n = log.len().min(maxlen.saturating_sub(1) as usize);
+    let bs = fs.block_size as usize;
+    let zeros = vec![0u8; bs];
+    // Read in runs of physically consecutive blocks (a journal is mostly one extent): one
+    // read per block cost ~60 ms on a 16 MiB journal through the loop device.
+    let mut i = 0;
+    while i < n {
+        let mut j = i + 1;
+        while j < n && j - i < JOURNAL_RUN && log[j] == log[j - 1].wrapping_add(1) {
+            j += 1;
         }
-        let block = fs.block(b, &|| format!("journal block {}", i + 1))?;
-        if block.iter().any(|&x| x != 0) {
-            fs.write_block(b, &vec![0u8; block.len()], &|| format!("journal block {}", i + 1))?;
-            report.journal_blocks_zeroed += 1;
+        let run = fs.blocks(log[i], (j - i) as u64, &|| format!("journal blocks {}-{j}", i + 1))?;
+        for (k, block) in run.chunks_exact(bs).enumerate() {
+            if block.iter().any(|&x| x != 0) {
+                let what = || format!("journal block {}", i + k + 1);
+                fs.write_block(log[i + k], &zeros, &what)?;
+                report.journal_blocks_zeroed += 1;
+            }
         }
+        i = j;
     }
     put_be32(&mut jsb, 0x18, 1); // s_sequence
     put_be32(&mut jsb, 0x20, 0); // s_errno

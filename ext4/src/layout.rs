@@ -201,6 +201,20 @@ impl Fs {
         Ok(b)
     }
 
+    /// Blocks `first`..`first + count`, read at once.
+    pub fn blocks(&self, first: u64, count: u64, what: &dyn Fn() -> String) -> Result<Vec<u8>> {
+        let end = first.checked_add(count).filter(|&e| e <= self.blocks);
+        if end.is_none() {
+            return Err(corrupt(
+                what(),
+                format!("blocks {first}+{count} pass the last ({})", self.blocks),
+            ));
+        }
+        let mut b = vec![0u8; (count * self.block_size) as usize];
+        self.disk.read(first * self.block_size, &mut b, what)?;
+        Ok(b)
+    }
+
     pub fn write_block(&self, n: u64, data: &[u8], what: &dyn Fn() -> String) -> Result<()> {
         if n >= self.blocks {
             return Err(corrupt(what(), format!("block {n} is past the last ({})", self.blocks)));
