@@ -169,18 +169,7 @@ impl Layers {
             known_uncompressed: 0,
             exact: false,
         };
-        if !fetch_first && !me.remote {
-            // A local source: its blobs are checked by the threads while the sandbox starts
-            // (each before its first byte ships); the scratch file is sized now from what
-            // they declare, read from their first and last bytes.
-            let mut declared = 0u64;
-            for (i, l) in me.image_layers.iter().enumerate() {
-                let d = verify::declared(l, &layer_what(&me.what, i, n, l))?;
-                declared =
-                    declared.saturating_add(d.unwrap_or_else(|| estimate(l.blob.len(), limit)));
-            }
-            me.known_uncompressed = declared.min(limit);
-        } else if !me.streaming {
+        if fetch_first {
             let mut all = Vec::with_capacity(n);
             for _ in 0..n {
                 match me.next_image_layer() {
@@ -194,20 +183,29 @@ impl Layers {
                 .iter()
                 .map(|x: &Item| match x {
                     Ok(Ready { checked: Checked::Full(v), .. }) => v.uncompressed,
-                    Ok(Ready { checked: Checked::Blob { declared, .. }, layer, .. }) => {
-                        declared.unwrap_or_else(|| estimate(layer.blob.len(), limit))
-                    }
+                    Ok(Ready { layer, .. }) => estimate(layer.blob.len(), limit),
                     Err(_) => 0,
                 })
                 .fold(0u64, u64::saturating_add)
                 .min(limit);
             me.upfront = Some(all.into_iter());
+        } else if !me.remote {
+            // A local source: its blobs are checked by the threads while the sandbox starts
+            // (each before its first byte ships); the scratch file is sized now from what
+            // they declare, read from their first and last bytes.
+            let mut declared = 0u64;
+            for (i, l) in me.image_layers.iter().enumerate() {
+                let d = verify::declared(l, &layer_what(&me.what, i, n, l))?;
+                declared =
+                    declared.saturating_add(d.unwrap_or_else(|| estimate(l.blob.len(), limit)));
+            }
+            me.known_uncompressed = declared.min(limit);
         }
         Ok(me)
     }
 
     /// Uncompressed bytes the scratch file must hold: exact when verified up front in full,
-    /// what the blobs declare when their blobs were checked up front, else an upper bound (see
+    /// what a local image's blobs declare, else an upper bound (see
     /// [`estimate`]).
     ///
     /// A registry image gets the streaming bound whether it streams, comes from the cache or

@@ -243,7 +243,7 @@ fn blob_checked(dir: &tempfile::TempDir, data: &[u8], diff_id: Digest) -> Ready 
         compression: CompressionHint::Known(Compression::None),
         blob: BlobLocation::File { path, offset: 0, len: data.len() as u64 },
     };
-    let checked = Checked::Blob { compression: Compression::None, declared: Some(0) };
+    let checked = Checked::Blob { compression: Compression::None };
     Ready { layer, checked, what: "img layer 1 of 1".into() }
 }
 
