@@ -193,12 +193,7 @@ impl Fs {
 
     /// Reads block `n` whole.
     pub fn block(&self, n: u64, what: &dyn Fn() -> String) -> Result<Vec<u8>> {
-        if n >= self.blocks {
-            return Err(corrupt(what(), format!("block {n} is past the last ({})", self.blocks)));
-        }
-        let mut b = vec![0u8; self.block_size as usize];
-        self.disk.read(n * self.block_size, &mut b, what)?;
-        Ok(b)
+        self.blocks(n, 1, what)
     }
 
     /// Blocks `first`..`first + count`, read at once.
