@@ -13,6 +13,7 @@ use rootbox_proto::{Identity, JobSpec, Phase};
 use rustix::fs::FileType;
 use rustix::mount::MountFlags;
 
+use crate::apply::data::Writes;
 use crate::ext4::{self, Ext4Error, Usage};
 use crate::session::{Applied, Failure, Steps};
 use crate::sys::kernel::{Kernel, Loop, Mount};
@@ -246,8 +247,13 @@ impl Steps for Recorder {
         self.call(format!("progress {phase}"))
             .map_err(|e| Some(Failure::new("reporting progress", &e)))
     }
-    fn apply(&mut self, _job: &JobSpec) -> Result<Applied, Option<Failure>> {
-        self.call("apply layers".into()).map_err(|e| Some(Failure::new("applying layers", &e)))?;
+    fn apply(&mut self, _job: &JobSpec, writes: Writes) -> Result<Applied, Option<Failure>> {
+        let writes = match writes {
+            Writes::Buffered => "buffered",
+            Writes::Direct => "direct",
+        };
+        self.call(format!("apply layers ({writes} writes)"))
+            .map_err(|e| Some(Failure::new("applying layers", &e)))?;
         Ok(Applied::default())
     }
 }

@@ -11,6 +11,7 @@ use rootbox_proto::{
     PROTOCOL_VERSION,
 };
 
+use crate::apply::data::Writes;
 use crate::apply::{Applier, ApplyError};
 use crate::ext4;
 use crate::stream::{stream_cause, LayerStream};
@@ -122,8 +123,9 @@ impl Session {
 /// and the layer applier. The session is one; the tests' recorder is the other.
 pub(crate) trait Steps {
     fn progress(&mut self, phase: Phase) -> Result<(), Option<Failure>>;
-    /// Applies the job's layers to the filesystem mounted at [`TARGET`].
-    fn apply(&mut self, job: &JobSpec) -> Result<Applied, Option<Failure>>;
+    /// Applies the job's layers to the filesystem mounted at [`TARGET`], file data written
+    /// as `writes` says.
+    fn apply(&mut self, job: &JobSpec, writes: Writes) -> Result<Applied, Option<Failure>>;
 }
 
 impl Steps for Session {
@@ -133,8 +135,8 @@ impl Steps for Session {
             .map_err(|e| Some(Failure::new("reporting progress", &e)))
     }
 
-    fn apply(&mut self, job: &JobSpec) -> Result<Applied, Option<Failure>> {
-        self.apply_in_child(job)
+    fn apply(&mut self, job: &JobSpec, writes: Writes) -> Result<Applied, Option<Failure>> {
+        self.apply_in_child(job, writes)
     }
 }
 
@@ -192,7 +194,12 @@ pub(crate) fn build<K: Kernel, T: ext4::Tools>(
     }
 
     steps.progress(Phase::Apply)?;
-    let applied = steps.apply(job)?;
+    // Direct writes on the microVM's own disk only (see apply::data for why not a loop device).
+    let writes = match output {
+        Output::File(_) => Writes::Buffered,
+        Output::Device(_) => Writes::Direct,
+    };
+    let applied = steps.apply(job, writes)?;
     written_out(k, target).map_err(Some)?;
     lap(Phase::Apply, &mut t);
 
@@ -250,7 +257,11 @@ pub(crate) fn build<K: Kernel, T: ext4::Tools>(
 
 impl Session {
     /// Applies every layer in a forked child holding fewer capabilities and bounded memory.
-    fn apply_in_child(&mut self, job: &JobSpec) -> Result<Applied, Option<Failure>> {
+    fn apply_in_child(
+        &mut self,
+        job: &JobSpec,
+        writes: Writes,
+    ) -> Result<Applied, Option<Failure>> {
         let (tx, rx) = std::os::unix::net::UnixDatagram::pair()
             .map_err(|e| Some(Failure::new("creating a pipe", &e)))?;
         // Where the child's allocator notes an allocation its memory bound refused.
@@ -258,7 +269,7 @@ impl Session {
             .map_err(|e| Some(Failure::new("creating a pipe", &e)))?;
         let pid = sys::process::fork_run(|| {
             sys::alloc::note_failures_on(std::os::fd::AsRawFd::as_raw_fd(&note_tx));
-            match applier_main(&mut self.rd, &mut self.wr, job) {
+            match applier_main(&mut self.rd, &mut self.wr, job, writes) {
                 Ok(applied) => {
                     let _ = tx.send(&serde_json::to_vec(&applied).unwrap_or_default());
                     0
@@ -372,6 +383,7 @@ fn applier_main(
     rd: &mut Reader<Transport>,
     wr: &mut Writer<Transport>,
     job: &JobSpec,
+    writes: Writes,
 ) -> Result<Applied, Failure> {
     // Before the capabilities go: what the applier holds open fits in 1024 files, the soft
     // limit a VM's PID 1 starts with and a common hard limit; raised to it when lower.
@@ -393,7 +405,8 @@ fn applier_main(
     sys::seccomp::install(&filter).map_err(|e| Failure::new("installing seccomp", &e))?;
 
     let mut applier = Applier::new(Path::new(TARGET), job.limits, crate::apply::ops::Real)
-        .map_err(|e| Failure::new("opening the image root", &e))?;
+        .map_err(|e| Failure::new("opening the image root", &e))?
+        .with_writes(writes);
     let total = job.layers.len();
     let mut budget = job.limits.max_total_bytes;
     loop {
@@ -545,7 +558,7 @@ mod tests {
         "write /sys/block/loop0/bdi/strict_limit 1",
         "write /sys/block/loop0/queue/write_cache write through",
     ];
-    const APPLY: &[&str] = &["progress apply", "apply layers", "syncfs /target"];
+    const APPLY: &[&str] = &["progress apply", "apply layers (buffered writes)", "syncfs /target"];
     const SHRINK: &[&str] =
         &["progress shrink", "fitrim /target", "umount /target", "resize2fs -P /dev/loop0"];
     /// The minimum the recorder's resize2fs -P answers, in blocks, with no headroom.
@@ -647,7 +660,7 @@ mod tests {
         let expected: Vec<String> = seq(&[MKFS, APPLY, SHRINK, &[RESIZE], FSCK])
             .into_iter()
             .filter(|c| !c.starts_with("loop "))
-            .map(|c| c.replace("loop0", "vdb"))
+            .map(|c| c.replace("loop0", "vdb").replace("buffered writes", "direct writes"))
             .collect();
         assert_eq!(calls, expected);
     }

@@ -124,7 +124,7 @@ impl<O: Ops> Applier<O> {
                     data,
                     content,
                     &meta,
-                    &mut self.buf,
+                    &mut self.data,
                     &mut self.report,
                 )?;
             }

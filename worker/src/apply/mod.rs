@@ -7,6 +7,7 @@
 //! differ from the layers is reported ([`report`]). Privileged calls go through [`ops::Ops`].
 
 mod create;
+pub mod data;
 mod graveyard;
 pub mod meta;
 pub mod name;
@@ -24,6 +25,7 @@ use rootbox_proto::{Limits, SanitisedKind};
 use rustix::fs::{OFlags, Timestamps};
 use rustix::io::Errno;
 
+use data::{Data, Writes};
 use graveyard::Graveyard;
 use meta::MetaError;
 pub use meta::Time;
@@ -146,7 +148,8 @@ pub struct Applier<O: Ops> {
     layer_paths: HashMap<ImagePath, Written>,
     /// Directory times, applied after every layer so later writes do not disturb them.
     dir_times: BTreeMap<ImagePath, Time>,
-    buf: Vec<u8>,
+    /// The chunk buffer file data passes through, and how it is written.
+    data: Data,
     /// Applying injected files: root-owned, never through a symlink, never over a directory.
     inject: bool,
     ops: O,
@@ -166,11 +169,17 @@ impl<O: Ops> Applier<O> {
             entries: 0,
             layer_paths: HashMap::new(),
             dir_times: BTreeMap::new(),
-            buf: vec![0; 256 * 1024],
+            data: Data::new(Writes::Buffered),
             inject: false,
             ops,
             report: Report::default(),
         })
+    }
+
+    /// Writes file data as `writes` says (buffered unless told).
+    pub fn with_writes(mut self, writes: Writes) -> Self {
+        self.data.writes = writes;
+        self
     }
 
     #[cfg(test)]

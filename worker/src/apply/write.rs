@@ -9,13 +9,13 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 
 use rootbox_proto::SanitisedKind;
 use rootbox_tar::Segment;
 use rustix::fs::{AtFlags, Dev, FileType, Mode, OFlags, XattrFlags};
 use rustix::io::Errno;
 
+use super::data::{copy_sparse, Copy, Data};
 use super::meta::Meta;
 use super::name::ImagePath;
 use super::ops::Ops;
@@ -175,7 +175,7 @@ pub fn regular(
     src: &mut dyn Read,
     content: Content<'_>,
     meta: &Meta,
-    buf: &mut [u8],
+    data: &mut Data,
     report: &mut Report,
 ) -> Result<(), ApplyError> {
     let path = at.path;
@@ -188,7 +188,7 @@ pub fn regular(
     // How far data was written: a last chunk of zeros is a hole the size must cover.
     let mut end = 0;
     for s in &segments {
-        let (written, written_end) = copy_sparse(&mut src.take(s.len), &file, s.offset, buf)
+        let (written, written_end) = copy_sparse(&mut src.take(s.len), &file, s.offset, data)
             .map_err(|e| match e {
                 Copy::Read(e) => ApplyError::Read(e),
                 Copy::Write(e) => {
@@ -211,58 +211,6 @@ pub fn regular(
         })?;
     }
     set_meta(ops, &OwnedFd::from(file), meta, false, !plain, path, report)
-}
-
-enum Copy {
-    Read(io::Error),
-    Write(io::Error),
-}
-
-/// Copies `src` to `dst` at `start`, leaving all-zero chunks as holes. Returns the bytes
-/// copied and the file offset up to which data was written (0 if none).
-fn copy_sparse(
-    src: &mut impl Read,
-    dst: &File,
-    start: u64,
-    buf: &mut [u8],
-) -> Result<(u64, u64), Copy> {
-    let mut pos: u64 = 0;
-    let mut end: u64 = 0;
-    loop {
-        let n = read_full(src, buf).map_err(Copy::Read)?;
-        if n == 0 {
-            return Ok((pos, end));
-        }
-        let chunk = &buf[..n];
-        if !is_zero(chunk) {
-            dst.write_all_at(chunk, start + pos).map_err(Copy::Write)?;
-            end = start + pos + n as u64;
-        }
-        pos += n as u64;
-    }
-}
-
-fn read_full(src: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match src.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
-fn is_zero(chunk: &[u8]) -> bool {
-    let mut words = chunk.chunks_exact(8);
-    let any = words.by_ref().fold(0u64, |acc, w| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(w);
-        acc | u64::from_ne_bytes(b)
-    });
-    any == 0 && words.remainder().iter().all(|&b| b == 0)
 }
 
 /// `/proc/self/fd/N/NAME`: how a name without an fd of its own (a symlink, a node) is given
@@ -341,43 +289,4 @@ pub fn reset_implicit(ops: &mut dyn Ops, fd: &OwnedFd, path: &ImagePath) -> Resu
         xattrs: Vec::new(),
     };
     remove_other_xattrs(fd, &none, path)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn zero_detection() {
-        assert!(is_zero(&[0; 4096]));
-        assert!(is_zero(&[0; 13]));
-        let mut v = vec![0u8; 4099];
-        v[4098] = 1;
-        assert!(!is_zero(&v));
-        v[4098] = 0;
-        v[5] = 1;
-        assert!(!is_zero(&v));
-    }
-
-    #[test]
-    fn sparse_copy_keeps_content_and_leaves_holes() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("f");
-        let f =
-            File::options().create(true).truncate(true).read(true).write(true).open(&p).unwrap();
-        let mut data = vec![0u8; 1 << 20];
-        data[100] = 7;
-        let mut buf = vec![0u8; 64 * 1024];
-        let n = copy_sparse(&mut data.as_slice(), &f, 1 << 30, &mut buf).ok();
-        // Only the first 64 KiB chunk holds data: written up to its end.
-        assert_eq!(n, Some((1 << 20, (1 << 30) + (64 << 10))));
-        f.set_len((1 << 30) + (2 << 20)).expect("len");
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(&p).expect("stat");
-        assert_eq!(m.len(), (1 << 30) + (2 << 20));
-        assert!(m.blocks() * 512 <= 64 * 1024, "only the chunk with data is allocated");
-        let mut back = vec![0u8; 1 << 20];
-        f.read_exact_at(&mut back, 1 << 30).expect("read");
-        assert_eq!(back, data);
-    }
 }
