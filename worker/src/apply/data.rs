@@ -10,7 +10,7 @@
 //! allocation still happens inside the `write` call, in the order of the writes, so the output
 //! stays reproducible there. Not in the container: there the image is a loop device over a
 //! host file, where direct writes were no faster and, on the host's 6.18 kernel, placed some
-//! small files' blocks differently from build to build (1 in 4 Debian builds).
+//! small files' blocks differently from build to build (3 of 10 serial Debian builds).
 
 use std::fs::File;
 use std::io::{self, Read};
