@@ -248,11 +248,7 @@ impl Steps for Recorder {
             .map_err(|e| Some(Failure::new("reporting progress", &e)))
     }
     fn apply(&mut self, _job: &JobSpec, writes: Writes) -> Result<Applied, Option<Failure>> {
-        let writes = match writes {
-            Writes::Buffered => "buffered",
-            Writes::Direct => "direct",
-        };
-        self.call(format!("apply layers ({writes} writes)"))
+        self.call(format!("apply layers ({} writes)", writes.name()))
             .map_err(|e| Some(Failure::new("applying layers", &e)))?;
         Ok(Applied::default())
     }
