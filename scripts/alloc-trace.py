@@ -16,7 +16,8 @@ build); it prints each applier's device, CPUs and allocation count, which applie
 same allocation sequence (the goal excluded: ext4 colours it with the writer's PID, and
 mballoc does not try it exactly), where the others first differ and the events just before,
 the frees made while allocating, and how many syncfs calls returned while their device's
-commit was still running (the commit's callback gives freed blocks back).
+commit was still running (the commit's callback gives freed blocks back). Appliers whose
+first allocations differ from most are left out, named, as builds of other images.
 """
 
 import collections
@@ -42,6 +43,8 @@ OTHER_EVENTS = [
     "syscalls/sys_enter_syncfs",
     "syscalls/sys_exit_syncfs",
 ]
+# Allocations that must agree for two appliers to count as builds of one image.
+PREFIX = 200
 LINE = re.compile(r"\s*(.+?)-(\d+)\s+\[(\d+)\]\s+\S+\s+([\d.]+): (\w+):? ?(.*)")
 
 
@@ -57,11 +60,15 @@ def record(out, cmd):
     write("trace", "")
     write("buffer_size_kb", "65536")
     write("saved_cmdlines_size", "32768")
-    events = [f"ext4/{e}" for e in EXT4_EVENTS] + OTHER_EVENTS
-    for e in events:
+    events = []
+    for e in [f"ext4/{e}" for e in EXT4_EVENTS] + OTHER_EVENTS:
+        if not os.path.isdir(os.path.join(TRACEFS, "events", e)):
+            print(f"alloc-trace: this kernel has no {e} event", file=sys.stderr)
+            continue
         if e.startswith("ext4/"):
             write(f"events/{e}/filter", LOOP_FILTER)
         write(f"events/{e}/enable", "1")
+        events.append(e)
     with open(out, "wb") as sink:
         reader = subprocess.Popen(["cat", os.path.join(TRACEFS, "trace_pipe")], stdout=sink)
         write("tracing_on", "1")
@@ -121,6 +128,15 @@ def compare(path):
     if not appliers:
         print("no allocations on loop devices in this trace")
         return 1
+    # Builds of other images (other tests, run alongside) differ from their first
+    # allocations: compare only the appliers that began as most did.
+    starts = collections.Counter(tuple(allocs[p][:PREFIX]) for p in appliers)
+    common = starts.most_common(1)[0][0]
+    others = [p for p in appliers if tuple(allocs[p][:PREFIX]) != common]
+    if others:
+        print(f"left out, as builds of other images (their first {PREFIX} allocations "
+              f"differ from most): {' '.join(others)}")
+    appliers = [p for p in appliers if p not in others]
     groups = collections.defaultdict(list)
     for p in appliers:
         groups[tuple(allocs[p])].append(p)

@@ -123,12 +123,62 @@ fn the_same_image_builds_to_the_same_bytes_in_the_container() {
     }
 }
 
+/// ext4's allocations on loop devices, traced (`scripts/alloc-trace.py`) while a test's
+/// builds run, so that a failure shows where builds first placed blocks differently: the
+/// flake this guards against has been seen only in full `make test` runs, never on demand.
+/// Diagnosis only: builds of other tests alongside are in the trace too (the script leaves
+/// out those of other images, not those of this image with other options).
+struct AllocTrace {
+    tracer: std::process::Child,
+    path: PathBuf,
+    script: PathBuf,
+}
+
+impl AllocTrace {
+    /// Tracing into `path` once this returns; `None` (saying why) where tracefs is not usable.
+    fn start(env: &Env, path: &Path) -> Option<Self> {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let script = env.workspace.join("scripts/alloc-trace.py");
+        let mut tracer = Command::new("python3")
+            .arg(&script)
+            .arg("record")
+            .arg(path)
+            .args(["--", "sh", "-c", "echo tracing; read _ || true"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| eprintln!("not tracing allocations: python3: {e}"))
+            .ok()?;
+        let mut line = String::new();
+        let out = tracer.stdout.take().map(std::io::BufReader::new);
+        let _ = out.map(|mut o| o.read_line(&mut line));
+        if line.trim() != "tracing" {
+            eprintln!("not tracing allocations: {} did not start", script.display());
+            let _ = tracer.kill();
+            let _ = tracer.wait();
+            return None;
+        }
+        Some(Self { tracer, path: path.to_path_buf(), script })
+    }
+
+    /// Stops tracing; what `alloc-trace.py compare` says of the trace.
+    fn stop(mut self) -> String {
+        drop(self.tracer.stdin.take());
+        let _ = self.tracer.wait();
+        let args = [self.script.clone().into(), "compare".into(), self.path.clone().into()];
+        let o = run_with(Path::new("python3"), &args, None);
+        format!("{}{}", o.stdout, o.stderr)
+    }
+}
+
 #[test]
 fn eight_concurrent_builds_of_one_image_agree() {
     let env = require_root!();
     let s = scene(&env);
     let tmp = tempdir();
     let source = debian_oci(&env, &s);
+    let trace = AllocTrace::start(&env, &tmp.path().join("alloc.trace"));
     let shas: Vec<(PathBuf, String)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..8)
             .map(|i| {
@@ -138,11 +188,18 @@ fn eight_concurrent_builds_of_one_image_agree() {
             .collect();
         handles.into_iter().map(|h| h.join().expect("a build thread panicked")).collect()
     });
+    let traced = trace.map(AllocTrace::stop);
     let (first, want) = &shas[0];
     for (path, sha) in &shas[1..] {
         if sha != want {
             let d = diff(&env, first, path, &[]);
-            panic!("{} differs from {}:\n{}", path.display(), first.display(), d.stdout);
+            let traced = traced.as_deref().unwrap_or("(not traced)");
+            panic!(
+                "{} differs from {}:\n{}\nallocations traced:\n{traced}",
+                path.display(),
+                first.display(),
+                d.stdout
+            );
         }
     }
 }
