@@ -43,6 +43,8 @@ OTHER_EVENTS = [
     "syscalls/sys_enter_syncfs",
     "syscalls/sys_exit_syncfs",
 ]
+# The line `record` ends a trace with: how many events were lost while it traced.
+LOST_MARK = "# alloc-trace: events lost: "
 # Allocations that must agree for two appliers to count as builds of one image.
 PREFIX = 200
 LINE = re.compile(r"\s*(.+?)-(\d+)\s+\[(\d+)\]\s+\S+\s+([\d.]+): (\w+):? ?(.*)")
@@ -69,6 +71,7 @@ def record(out, cmd):
             write(f"events/{e}/filter", LOOP_FILTER)
         write(f"events/{e}/enable", "1")
         events.append(e)
+    before = lost()
     with open(out, "wb") as sink:
         reader = subprocess.Popen(["cat", os.path.join(TRACEFS, "trace_pipe")], stdout=sink)
         write("tracing_on", "1")
@@ -80,8 +83,26 @@ def record(out, cmd):
                 write(f"events/{e}/enable", "0")
             reader.terminate()
             reader.wait()
-    print(f"alloc-trace: {' '.join(cmd)} exited {code}; trace in {out}", file=sys.stderr)
+    # Events the reader did not keep up with are gone: a comparison must say so.
+    missing = lost() - before
+    with open(out, "a") as sink:
+        sink.write(f"{LOST_MARK}{missing}\n")
+    print(f"alloc-trace: {' '.join(cmd)} exited {code}; trace in {out}"
+          f"{f', {missing} events lost' if missing else ''}", file=sys.stderr)
     return code
+
+
+def lost():
+    """Events the ring buffers overwrote or dropped so far, over all CPUs."""
+    n = 0
+    cpus = os.path.join(TRACEFS, "per_cpu")
+    for cpu in os.listdir(cpus):
+        with open(os.path.join(cpus, cpu, "stats")) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("overrun", "dropped events"):
+                    n += int(value.strip() or 0)
+    return n
 
 
 def parse(path):
@@ -106,6 +127,11 @@ def compare(path):
     open_commits = collections.defaultdict(set)
     sync_dev = {}
     early = syncs = 0
+    with open(path, errors="replace") as f:
+        marks = [line[len(LOST_MARK):].strip() for line in f if line.startswith(LOST_MARK)]
+    if marks and marks[-1] != "0":
+        print(f"WARNING: {marks[-1]} events were lost while tracing: sequences may differ "
+              "only because events are missing")
     for comm, pid, cpu, ts, event, rest in parse(path):
         if event == "jbd2_start_commit":
             open_commits[field(rest, "dev")].add(field(rest, "transaction"))
