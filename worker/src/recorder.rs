@@ -198,8 +198,8 @@ impl Kernel for Recorder {
         self.sys("discarding free blocks of", target, format!("fitrim {}", target.display()))?;
         Ok(0)
     }
-    fn pin_to_one_cpu(&self) -> Result<usize, SysError> {
-        self.sys("pinning to one CPU", Path::new("/proc/self"), "pin cpu".into())?;
+    fn pin_to_one_cpu(&self, spread: usize) -> Result<usize, SysError> {
+        self.sys("pinning to one CPU", Path::new("/proc/self"), format!("pin cpu {spread}"))?;
         Ok(0)
     }
 }

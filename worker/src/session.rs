@@ -190,7 +190,8 @@ pub(crate) fn build<K: Kernel, T: ext4::Tools>(
 
     if identity.is_some() {
         // Before the applier is forked: it inherits the CPU.
-        k.pin_to_one_cpu().map_err(|e| Some(Failure::new("preparing a reproducible build", &e)))?;
+        k.pin_to_one_cpu(device_number(&dev))
+            .map_err(|e| Some(Failure::new("preparing a reproducible build", &e)))?;
     }
 
     steps.progress(Phase::Apply)?;
@@ -511,6 +512,14 @@ fn layer_failure(e: LayerFailure, i: usize, total: usize, digest: Option<String>
     Failure(RemoteError { operation, layer: digest, path, causes, internal: false })
 }
 
+/// The number a device's name ends with (3 for `/dev/loop3`), else 0. Builds running
+/// together have different loop devices: pinning by it spreads them over the CPUs.
+fn device_number(dev: &Path) -> usize {
+    let name = dev.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let digits = name.len() - name.bytes().rev().take_while(u8::is_ascii_digit).count();
+    name[digits..].parse().unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     //! The build's privileged sequence, recorded: what runs, in which order, and what is
@@ -629,7 +638,7 @@ mod tests {
                 made,
                 &["stamp /dev/loop0 7"],
                 mounted,
-                &["pin cpu"],
+                &["pin cpu 0"],
                 APPLY,
                 SHRINK,
                 &[RESIZE],
@@ -650,6 +659,13 @@ mod tests {
         assert!(failure(r).starts_with("canonicalising the filesystem: "));
         assert_eq!(rec.calls().last().map(String::as_str), Some(DETACH));
         assert!(!rec.calls().iter().any(|c| c.starts_with("e2fsck")));
+    }
+
+    #[test]
+    fn builds_are_pinned_by_their_device_number() {
+        let n = |p: &str| device_number(Path::new(p));
+        assert_eq!((n("/dev/loop0"), n("/dev/loop3"), n("/dev/loop12")), (0, 3, 12));
+        assert_eq!((n("/dev/vda"), n("/dev/nvme0n1"), n("")), (0, 1, 0));
     }
 
     #[test]

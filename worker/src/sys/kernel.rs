@@ -82,8 +82,9 @@ pub trait Kernel {
     fn sync_filesystem(&self, target: &Path) -> Result<bool, SysError>;
     /// FITRIM of the filesystem mounted at `target`; the bytes trimmed.
     fn trim(&self, target: &Path) -> Result<u64, SysError>;
-    /// Pins this process, and the applier it forks, to one CPU; the CPU.
-    fn pin_to_one_cpu(&self) -> Result<usize, SysError>;
+    /// Pins this process, and the applier it forks, to one CPU, the `spread`-th it may use
+    /// (see `process::pin_to_one_cpu`); the CPU.
+    fn pin_to_one_cpu(&self, spread: usize) -> Result<usize, SysError>;
 }
 
 /// The kernel itself.
@@ -206,8 +207,8 @@ impl Kernel for Real {
             .map_err(|e| SysError::new("discarding free blocks of", target, e))
     }
 
-    fn pin_to_one_cpu(&self) -> Result<usize, SysError> {
-        super::process::pin_to_one_cpu().map_err(|e| {
+    fn pin_to_one_cpu(&self, spread: usize) -> Result<usize, SysError> {
+        super::process::pin_to_one_cpu(spread).map_err(|e| {
             SysError::new("pinning to one CPU", Path::new("/proc/self"), std::io::Error::from(e))
         })
     }

@@ -17,24 +17,20 @@ pub fn fork_run(child: impl FnOnce() -> i32) -> nix::Result<Pid> {
     }
 }
 
-/// Pins this process (and the children it forks after) to the CPU it runs on now, and
-/// returns that CPU. ext4 keeps per-CPU allocation pools and counters: a writer that moves
-/// between CPUs places blocks by where it happened to run. Which CPU does not matter, only
-/// that it stays on one. It is the one the process runs on when it pins, so builds started
-/// together may all stay on one CPU (traced on 2 cores: all eight appliers of the
-/// eight-build test on one CPU in 3 of 8 runs).
-pub fn pin_to_one_cpu() -> nix::Result<usize> {
-    use nix::sched::{sched_getaffinity, sched_getcpu, sched_setaffinity, CpuSet};
+/// Pins this process (and the children it forks after) to one of the CPUs it may use, the
+/// `spread`-th of them (modulo their count), and returns that CPU. ext4 keeps per-CPU
+/// allocation pools and counters: a writer that moves between CPUs places blocks by where
+/// it happened to run. Which CPU does not matter, only that it stays on one; `spread`
+/// (the output's loop device number) sends builds running together to different CPUs.
+/// Pinning where the process ran at the time put all eight appliers of the eight-build
+/// test on one CPU in 3 of 8 traced runs on 2 cores.
+pub fn pin_to_one_cpu(spread: usize) -> nix::Result<usize> {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
     let me = Pid::from_raw(0);
     let allowed = sched_getaffinity(me)?;
-    let now = sched_getcpu()?;
-    let cpu = if allowed.is_set(now).unwrap_or(false) {
-        now
-    } else {
-        (0..CpuSet::count())
-            .find(|&c| allowed.is_set(c).unwrap_or(false))
-            .ok_or(nix::errno::Errno::EINVAL)?
-    };
+    let cpus: Vec<usize> =
+        (0..CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap_or(false)).collect();
+    let cpu = *cpus.get(spread % cpus.len().max(1)).ok_or(nix::errno::Errno::EINVAL)?;
     let mut one = CpuSet::new();
     one.set(cpu)?;
     sched_setaffinity(me, &one)?;
@@ -78,4 +74,27 @@ pub fn adopt_inherited(fd: std::os::fd::RawFd) -> Option<std::os::fd::OwnedFd> {
     // SAFETY: the host passed this descriptor for us alone; nothing else in this process
     // owns it, and it was just checked to be open.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_to_the_spread_th_allowed_cpu() {
+        use nix::sched::{sched_getaffinity, sched_getcpu, sched_setaffinity, CpuSet};
+        let me = Pid::from_raw(0);
+        let before = sched_getaffinity(me).unwrap_or_else(|e| panic!("{e}"));
+        let cpus: Vec<usize> =
+            (0..CpuSet::count()).filter(|&c| before.is_set(c).unwrap_or(false)).collect();
+        for spread in 0..cpus.len() + 1 {
+            sched_setaffinity(me, &before).unwrap_or_else(|e| panic!("{e}"));
+            let cpu = pin_to_one_cpu(spread).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(cpu, cpus[spread % cpus.len()], "spread {spread} of {cpus:?}");
+            let now = sched_getaffinity(me).unwrap_or_else(|e| panic!("{e}"));
+            assert!(cpus.iter().all(|&c| now.is_set(c).unwrap_or(false) == (c == cpu)));
+            assert_eq!(sched_getcpu().unwrap_or_else(|e| panic!("{e}")), cpu);
+        }
+        sched_setaffinity(me, &before).unwrap_or_else(|e| panic!("{e}"));
+    }
 }
