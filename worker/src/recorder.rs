@@ -31,6 +31,8 @@ struct Inner {
     calls: RefCell<Vec<String>>,
     fail: RefCell<Option<String>>,
     missing: RefCell<Vec<PathBuf>>,
+    /// The number of the loop device `loop_attach` answers.
+    loop_number: std::cell::Cell<u32>,
 }
 
 /// What a failing call answers.
@@ -47,6 +49,12 @@ impl Recorder {
     /// `exists` answers false for `path` (everything else exists).
     pub fn without(self, path: &str) -> Self {
         self.inner.missing.borrow_mut().push(PathBuf::from(path));
+        self
+    }
+
+    /// `loop_attach` answers `/dev/loop<n>` (else `/dev/loop0`).
+    pub fn with_loop(self, n: u32) -> Self {
+        self.inner.loop_number.set(n);
         self
     }
 
@@ -99,11 +107,15 @@ fn flags(f: MountFlags) -> String {
 pub struct FakeLoop {
     rec: Recorder,
     path: PathBuf,
+    number: u32,
 }
 
 impl Loop for FakeLoop {
     fn path(&self) -> &Path {
         &self.path
+    }
+    fn number(&self) -> u32 {
+        self.number
     }
 }
 
@@ -176,9 +188,10 @@ impl Kernel for Recorder {
         self.sys("setting no_new_privs", Path::new("/"), "no_new_privs".into())
     }
     fn loop_attach(&self, _backing: BorrowedFd<'_>, dev_dir: &Path) -> Result<FakeLoop, SysError> {
-        let path = dev_dir.join("loop0");
+        let number = self.inner.loop_number.get();
+        let path = dev_dir.join(format!("loop{number}"));
         self.sys("LOOP_CONFIGURE on", &path, format!("loop attach {}", path.display()))?;
-        Ok(FakeLoop { rec: self.clone(), path })
+        Ok(FakeLoop { rec: self.clone(), path, number })
     }
     fn device_size(&self, dev: &Path) -> Result<u64, SysError> {
         self.sys("sizing", dev, format!("size {}", dev.display()))?;

@@ -38,6 +38,8 @@ impl<'a> Mount<'a> {
 /// An attached loop device: its node, detached when the handle is dropped.
 pub trait Loop {
     fn path(&self) -> &Path;
+    /// The device's number (3 for `/dev/loop3`).
+    fn number(&self) -> u32;
 }
 
 /// Every privileged call the container init and the session make.
@@ -93,6 +95,9 @@ pub struct Real;
 impl Loop for super::loopdev::LoopDevice {
     fn path(&self) -> &Path {
         super::loopdev::LoopDevice::path(self)
+    }
+    fn number(&self) -> u32 {
+        super::loopdev::LoopDevice::number(self)
     }
 }
 

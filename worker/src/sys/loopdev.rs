@@ -41,6 +41,7 @@ struct LoopConfig {
 pub struct LoopDevice {
     dev: File,
     path: PathBuf,
+    number: u32,
 }
 
 impl LoopDevice {
@@ -106,7 +107,7 @@ impl LoopDevice {
                 libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &mut cfg as *mut LoopConfig)
             };
             if r == 0 {
-                return Ok(Self { dev, path });
+                return Ok(Self { dev, path, number: n });
             }
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() != Some(libc::EBUSY) {
@@ -125,6 +126,10 @@ impl LoopDevice {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn number(&self) -> u32 {
+        self.number
     }
 }
 

@@ -27,14 +27,17 @@ pub fn fork_run(child: impl FnOnce() -> i32) -> nix::Result<Pid> {
 pub fn pin_to_one_cpu(spread: usize) -> nix::Result<usize> {
     use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
     let me = Pid::from_raw(0);
-    let allowed = sched_getaffinity(me)?;
-    let cpus: Vec<usize> =
-        (0..CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap_or(false)).collect();
+    let cpus = members(&sched_getaffinity(me)?);
     let cpu = *cpus.get(spread % cpus.len().max(1)).ok_or(nix::errno::Errno::EINVAL)?;
     let mut one = CpuSet::new();
     one.set(cpu)?;
     sched_setaffinity(me, &one)?;
     Ok(cpu)
+}
+
+/// The CPUs in `set`, in order.
+fn members(set: &nix::sched::CpuSet) -> Vec<usize> {
+    (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect()
 }
 
 /// Bounds the address space of this process (and its children).
@@ -82,17 +85,16 @@ mod tests {
 
     #[test]
     fn pins_to_the_spread_th_allowed_cpu() {
-        use nix::sched::{sched_getaffinity, sched_getcpu, sched_setaffinity, CpuSet};
+        use nix::sched::{sched_getaffinity, sched_getcpu, sched_setaffinity};
         let me = Pid::from_raw(0);
         let before = sched_getaffinity(me).unwrap_or_else(|e| panic!("{e}"));
-        let cpus: Vec<usize> =
-            (0..CpuSet::count()).filter(|&c| before.is_set(c).unwrap_or(false)).collect();
+        let cpus = members(&before);
         for spread in 0..cpus.len() + 1 {
             sched_setaffinity(me, &before).unwrap_or_else(|e| panic!("{e}"));
             let cpu = pin_to_one_cpu(spread).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(cpu, cpus[spread % cpus.len()], "spread {spread} of {cpus:?}");
             let now = sched_getaffinity(me).unwrap_or_else(|e| panic!("{e}"));
-            assert!(cpus.iter().all(|&c| now.is_set(c).unwrap_or(false) == (c == cpu)));
+            assert_eq!(members(&now), [cpu]);
             assert_eq!(sched_getcpu().unwrap_or_else(|e| panic!("{e}")), cpu);
         }
         sched_setaffinity(me, &before).unwrap_or_else(|e| panic!("{e}"));
