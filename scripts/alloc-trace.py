@@ -55,36 +55,54 @@ def write(path, value):
         f.write(value)
 
 
+def read(path):
+    with open(os.path.join(TRACEFS, path)) as f:
+        return f.read()
+
+
+def saved(path):
+    """What to write to `path` to put back its current value."""
+    value = read(path).strip()
+    if path.endswith("/filter"):
+        return "0" if value == "none" else value  # "0" clears a filter
+    return value.split()[0]  # buffer_size_kb may read "7 (expanded: 1408)"
+
+
 def record(out, cmd):
     if not os.path.isdir(os.path.join(TRACEFS, "events")):
         subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], check=True)
-    write("tracing_on", "0")
-    write("trace", "")
-    write("buffer_size_kb", "65536")
-    write("saved_cmdlines_size", "32768")
     events = []
     for e in [f"ext4/{e}" for e in EXT4_EVENTS] + OTHER_EVENTS:
-        if not os.path.isdir(os.path.join(TRACEFS, "events", e)):
+        if os.path.isdir(os.path.join(TRACEFS, "events", e)):
+            events.append(e)
+        else:
             print(f"alloc-trace: this kernel has no {e} event", file=sys.stderr)
-            continue
-        if e.startswith("ext4/"):
-            write(f"events/{e}/filter", LOOP_FILTER)
-        write(f"events/{e}/enable", "1")
-        events.append(e)
-    before = lost()
-    with open(out, "wb") as sink:
-        reader = subprocess.Popen(["cat", os.path.join(TRACEFS, "trace_pipe")], stdout=sink)
-        write("tracing_on", "1")
-        try:
-            code = subprocess.run(cmd).returncode
-        finally:
-            write("tracing_on", "0")
-            for e in events:
-                write(f"events/{e}/enable", "0")
-            reader.terminate()
-            reader.wait()
-    # Events the reader did not keep up with are gone: a comparison must say so.
-    missing = lost() - before
+    # Everything changed here is global to the machine: put back as found, and the ring
+    # buffers (64 MiB per CPU while tracing) shrink again.
+    changes = [("tracing_on", "0"), ("buffer_size_kb", "65536"), ("saved_cmdlines_size", "32768")]
+    changes += [(f"events/{e}/filter", LOOP_FILTER) for e in events if e.startswith("ext4/")]
+    changes += [(f"events/{e}/enable", "1") for e in events]
+    restore = [(path, saved(path)) for path, _ in changes]
+    try:
+        write("trace", "")
+        for path, value in changes:
+            write(path, value)
+        before = lost()
+        with open(out, "wb") as sink:
+            reader = subprocess.Popen(["cat", os.path.join(TRACEFS, "trace_pipe")],
+                                      stdout=sink)
+            write("tracing_on", "1")
+            try:
+                code = subprocess.run(cmd).returncode
+            finally:
+                write("tracing_on", "0")
+                reader.terminate()
+                reader.wait()
+        # Events the reader did not keep up with are gone: a comparison must say so.
+        missing = lost() - before
+    finally:
+        for path, value in reversed(restore):
+            write(path, value)
     with open(out, "a") as sink:
         sink.write(f"{LOST_MARK}{missing}\n")
     print(f"alloc-trace: {' '.join(cmd)} exited {code}; trace in {out}"
