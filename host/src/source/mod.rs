@@ -143,11 +143,12 @@ impl BlobLocation {
                 1 << 20,
                 local::At::new(file.clone(), *offset, *len),
             ))),
-            Self::Spooled { file, len } => {
-                let mut f = file.try_clone()?;
-                f.seek(SeekFrom::Start(0))?;
-                Ok(Box::new(io::BufReader::with_capacity(1 << 20, f.take(*len))))
-            }
+            // Read at offsets: a dup of the file would share one position with every other
+            // reader of the blob (its check runs beside its shipping).
+            Self::Spooled { file, len } => Ok(Box::new(io::BufReader::with_capacity(
+                1 << 20,
+                local::At::new(file.clone(), 0, *len),
+            ))),
         }
     }
 }
@@ -367,4 +368,41 @@ pub fn check_platform(what: &str, platform: &PlatformSpec, config: &spec::Config
         config.os.as_deref().unwrap_or("?"),
         config.architecture.as_deref().unwrap_or("?")
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two readers of one blob, read in turns (a blob's check runs beside its shipping),
+    /// each see the whole blob from its first byte, whatever kind of location it is.
+    #[test]
+    fn readers_of_one_blob_do_not_share_a_position() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, &data).expect("write");
+        let file = Arc::new(File::open(&path).expect("open"));
+        let len = data.len() as u64;
+        let locations = [
+            BlobLocation::File { path: path.clone(), offset: 0, len },
+            BlobLocation::Opened { file: file.clone(), path: path.clone(), offset: 0, len },
+            BlobLocation::Spooled { file, len },
+        ];
+        for loc in locations {
+            let (mut a, mut b) = (loc.open().expect("open a"), loc.open().expect("open b"));
+            let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+            let mut buf = vec![0u8; 100_000];
+            loop {
+                let n = a.read(&mut buf).expect("read a");
+                got_a.extend_from_slice(&buf[..n]);
+                let m = b.read(&mut buf).expect("read b");
+                got_b.extend_from_slice(&buf[..m]);
+                if n == 0 && m == 0 {
+                    break;
+                }
+            }
+            assert!(got_a == data && got_b == data, "{loc:?}: a reader saw the other's reads");
+        }
+    }
 }
