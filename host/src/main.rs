@@ -16,6 +16,7 @@ mod identity;
 mod inject;
 mod job;
 mod local;
+mod loopdev;
 mod oci;
 mod output;
 mod pipeline;

@@ -25,9 +25,16 @@ struct Pending {
     process_group: Option<i32>,
     /// A sandbox's private directory (the microVM's sockets).
     dir: Option<PathBuf>,
+    /// The host loop devices the sandbox's worker attached (the container's).
+    loops: Option<crate::loopdev::Found>,
 }
 
-static PENDING: Mutex<Pending> = Mutex::new(Pending { temp: None, process_group: None, dir: None });
+static PENDING: Mutex<Pending> =
+    Mutex::new(Pending { temp: None, process_group: None, dir: None, loops: None });
+
+/// How long the signal handler waits for the killed worker's loop device to be detached
+/// (its last close does it) before it gives the device back.
+const DETACHED_WITHIN: Duration = Duration::from_secs(2);
 
 /// Installs the handler thread once.
 pub fn install_signal_cleanup() -> io::Result<()> {
@@ -37,10 +44,17 @@ pub fn install_signal_cleanup() -> io::Result<()> {
         if let Some(sig) = signals.forever().next() {
             if let Ok(p) = PENDING.lock() {
                 if let Some(pg) = p.process_group {
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(pg),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                    let pg = nix::unistd::Pid::from_raw(pg);
+                    // The worker's device is attached while it lives: found now if not yet.
+                    if let Some(l) = &p.loops {
+                        l.look();
+                    }
+                    let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
+                    // The killed worker never put its loop device's settings back.
+                    if let Some(l) = &p.loops {
+                        l.wait_detached(DETACHED_WITHIN);
+                        l.give_back();
+                    }
                 }
                 if let Some(t) = &p.temp {
                     let _ = std::fs::remove_file(t);
@@ -60,6 +74,13 @@ pub fn install_signal_cleanup() -> io::Result<()> {
 pub fn track_process_group(pg: Option<i32>) {
     if let Ok(mut p) = PENDING.lock() {
         p.process_group = pg;
+    }
+}
+
+/// Registers the sandbox's loop devices (as they are found) for the signal handler.
+pub fn track_loop_devices(loops: Option<crate::loopdev::Found>) {
+    if let Ok(mut p) = PENDING.lock() {
+        p.loops = loops;
     }
 }
 

@@ -86,3 +86,24 @@ pub fn start_writeback(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// `LOOP_GET_STATUS64`: the ioctl that reports a loop device's backing file.
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
+
+/// The device and inode numbers of the file the loop device open at `dev` is attached to,
+/// `None` when it is attached to nothing (`ENXIO`). Read from the kernel's `loop_info64`
+/// (232 bytes, `lo_device` then `lo_inode` first): only those two fields are looked at.
+pub fn loop_backing(dev: std::os::fd::BorrowedFd<'_>) -> io::Result<Option<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let mut info = [0u64; 29];
+    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64` (232 bytes, 8-byte aligned
+    // fields) to the pointer; `info` is 232 bytes, 8-byte aligned, and outlives the call.
+    let rc = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_GET_STATUS64, info.as_mut_ptr()) };
+    if rc == 0 {
+        return Ok(Some((info[0], info[1])));
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+        e => Err(e),
+    }
+}

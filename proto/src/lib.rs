@@ -7,6 +7,7 @@
 //! The byte layout is documented in `proto/README.md`.
 
 mod codec;
+pub mod device;
 mod message;
 pub mod text;
 

@@ -172,11 +172,44 @@ fn loop_settings(dev: &str) -> (String, String) {
     (read("queue/write_cache"), read("bdi/strict_limit"))
 }
 
+/// How a build under test ends.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    Finished,
+    /// SIGINT to rootbox mid-apply (Ctrl-C).
+    Interrupted,
+    /// SIGKILL to the worker mid-apply: it never runs its own clean-up.
+    WorkerKilled,
+}
+
+/// Every descendant of `pid` (from /proc's parent links).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent = std::collections::HashMap::new();
+    for e in fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else { continue };
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        if let Some(pp) = after.split_whitespace().nth(1).and_then(|x| x.parse::<u32>().ok()) {
+            parent.insert(p, pp);
+        }
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let me = out[i];
+        out.extend(parent.iter().filter(|&(_, &pp)| pp == me).map(|(&p, _)| p));
+        i += 1;
+    }
+    out.remove(0);
+    out
+}
+
 /// The worker's loop device passes no flushes on and has a dirty limit while it builds;
-/// those settings outlive the device's detach, so a finished build puts the kernel's
-/// defaults back: the next user of the host's loop device gets flushes that reach the disk.
-#[test]
-fn a_finished_build_gives_its_loop_device_back_as_the_kernel_set_it_up() {
+/// those settings outlive the device's detach, so a build gives the kernel's defaults back
+/// however it ends, finished or not: the next user of the host's loop device gets flushes
+/// that reach the disk. (An interrupted or killed worker cannot: the host does.)
+fn gives_its_loop_device_back(ending: Ending) {
     let env = require_root!();
     let tmp = tempdir();
     let NoisePull { child, rx, out_dir, seen, .. } =
@@ -191,8 +224,30 @@ fn a_finished_build_gives_its_loop_device_back_as_the_kernel_set_it_up() {
     };
     let tuned = ("write through".to_string(), "1".to_string());
     assert_eq!(loop_settings(&dev), tuned, "{dev} while the build applies");
+    // `kill(1)`: the tests' crate links no system-call crate.
+    let kill = |signal: &str, pids: &[u32]| {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .args(pids.iter().map(u32::to_string))
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pids:?}");
+    };
+    let want_code = match ending {
+        Ending::Finished => 0,
+        Ending::Interrupted => {
+            kill("INT", &[child.id()]);
+            130
+        }
+        Ending::WorkerKilled => {
+            let workers = descendants(child.id());
+            assert!(!workers.is_empty(), "no worker process under rootbox");
+            kill("KILL", &workers);
+            1
+        }
+    };
     let (code, lines) = finish(child, &rx, Duration::from_secs(300));
-    assert_eq!(code, 0, "{}", lines.join("\n"));
+    assert_eq!(code, want_code, "{ending:?}: {}", lines.join("\n"));
     expect_no_loops_under(&out_dir);
     // Another test's build may have taken the free device since: it puts the defaults back
     // too when it ends, so wait for the device to be free, never pass without looking.
@@ -203,7 +258,22 @@ fn a_finished_build_gives_its_loop_device_back_as_the_kernel_set_it_up() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let defaults = ("write back".to_string(), "0".to_string());
-    assert_eq!(loop_settings(&dev), defaults, "{dev} after the build");
+    assert_eq!(loop_settings(&dev), defaults, "{dev} after the build ({ending:?})");
+}
+
+#[test]
+fn a_finished_build_gives_its_loop_device_back_as_the_kernel_set_it_up() {
+    gives_its_loop_device_back(Ending::Finished);
+}
+
+#[test]
+fn an_interrupted_build_gives_its_loop_device_back_as_the_kernel_set_it_up() {
+    gives_its_loop_device_back(Ending::Interrupted);
+}
+
+#[test]
+fn a_killed_worker_s_loop_device_is_given_back_as_the_kernel_set_it_up() {
+    gives_its_loop_device_back(Ending::WorkerKilled);
 }
 
 fn small_oci(dir: &Path) -> (String, PathBuf) {

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use rootbox_proto::device::LOOP_DEFAULTS;
 use rustix::mount::MountFlags;
 
 use crate::session::chain;
@@ -102,17 +103,13 @@ fn skip_flushes(k: &impl Kernel, sysfs: &Path, dev: &str) -> Result<(), SysError
     k.write_knob(&knob, "write through")
 }
 
-/// A loop device's settings as the kernel sets one up, for what [`skip_flushes`] and
-/// [`bound_dirty_pages`] change (`max_ratio` 100 undoes `max_bytes`).
-const LOOP_DEFAULTS: [(&str, &str); 3] =
-    [("queue/write_cache", "write back"), ("bdi/strict_limit", "0"), ("bdi/max_ratio", "100")];
-
 /// A host loop device's queue and bdi as the kernel sets them up, put back when the build
 /// ends, however it ends: what [`tune`] writes outlives the device's detach (seen on 6.18),
 /// and the next user of the loop device must find its flushes reaching the disk and no dirty
-/// limit. Defaults, not what was there: a build killed before this ran leaves its settings,
-/// and the next build on that device must not take them for the host's. A microVM's disk
-/// goes with the VM.
+/// limit ([`LOOP_DEFAULTS`]). Defaults, not what was there: a worker killed before this ran
+/// leaves its settings (the host then puts the defaults back, `host/src/loopdev.rs`), and
+/// the next build on that device must not take them for the host's. A microVM's disk goes
+/// with the VM.
 pub struct LoopDefaults<'a, K: Kernel> {
     pub k: &'a K,
     pub dev: &'a Path,

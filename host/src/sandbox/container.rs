@@ -8,11 +8,15 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use nix::sched::CloneFlags;
 
 use super::choice::NoContainer;
 use super::{Running, Tail, Unavailable};
+use crate::loopdev::{Backing, Found};
 use crate::worker_image::WorkerImage;
 
 /// Descriptor numbers the worker receives.
@@ -30,6 +34,54 @@ pub struct Container {
     child: Child,
     host_end: UnixStream,
     tail: Tail,
+    loops: LoopWatch,
+}
+
+/// Watches, from the start, for the host loop device the worker attaches to the output, so
+/// that it is given back with the kernel's settings however the sandbox ends
+/// (`crate::loopdev`): the worker attaches it within milliseconds, and a killed worker's is
+/// detached before anyone could look.
+struct LoopWatch {
+    found: Option<Found>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How often [`LoopWatch`] looks until it has found the device.
+const LOOK_EVERY: Duration = Duration::from_millis(10);
+
+impl LoopWatch {
+    fn start(output: &File) -> LoopWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        // Without the output's identity nothing could be matched: nothing is watched.
+        let Ok(backing) = Backing::of(output) else {
+            return LoopWatch { found: None, stop, thread: None };
+        };
+        let found = Found::new(backing);
+        let (f, halt) = (found.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("loop-watch".into())
+            .spawn(move || {
+                while !halt.load(Ordering::SeqCst) && !f.look() {
+                    std::thread::sleep(LOOK_EVERY);
+                }
+            })
+            .ok();
+        LoopWatch { found: Some(found), stop, thread }
+    }
+
+    /// Stops watching; gives back what was found (the sandbox has ended).
+    fn end(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(f) = &self.found {
+            // The worker's last close detaches it; a dying one may still hold it a moment.
+            f.wait_detached(Duration::from_secs(2));
+            f.give_back();
+        }
+    }
 }
 
 /// How many layer bytes may be in flight to the worker: the host decompresses this far ahead
@@ -88,7 +140,8 @@ pub fn start(image: &WorkerImage, output: &File) -> Result<Container, Unavailabl
     if let Some(out) = child.stdout.take() {
         tail.follow(out, 40);
     }
-    Ok(Container { child, host_end, tail })
+    let loops = LoopWatch::start(output);
+    Ok(Container { child, host_end, tail, loops })
 }
 
 impl Running for Container {
@@ -97,15 +150,22 @@ impl Running for Container {
     }
 
     fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        self.child.wait()
+        let status = self.child.wait();
+        self.loops.end();
+        status
     }
 
     fn kill(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            // While the worker lives its device is attached: found now if not yet.
+            if let Some(f) = &self.loops.found {
+                f.look();
+            }
             let pg = nix::unistd::Pid::from_raw(self.child.id() as i32);
             let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
             let _ = self.child.wait();
         }
+        self.loops.end();
     }
 
     fn console_tail(&self) -> Vec<String> {
@@ -114,6 +174,10 @@ impl Running for Container {
 
     fn process_group(&self) -> Option<i32> {
         Some(self.child.id() as i32)
+    }
+
+    fn loop_devices(&self) -> Option<Found> {
+        self.loops.found.clone()
     }
 }
 

@@ -60,6 +60,11 @@ pub trait Running: Send {
     fn console_tail(&self) -> Vec<String>;
     /// The process group to kill from a signal handler.
     fn process_group(&self) -> Option<i32>;
+    /// The host loop devices the worker attached to the output, as they are found (the
+    /// container sandbox's), to give back from a signal handler.
+    fn loop_devices(&self) -> Option<crate::loopdev::Found> {
+        None
+    }
     /// Milliseconds from the sandbox's start to the worker's connection, when measured.
     fn boot_ms(&self) -> Option<u64> {
         None
