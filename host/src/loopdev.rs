@@ -4,57 +4,86 @@
 //! killed, or whose build was interrupted (SIGINT, SIGTERM, a timeout), never ran its own
 //! restore, and left the device passing no flushes to the disk and with a dirty limit
 //! (`rootbox_proto::device`), for whoever attaches it next.
+//!
+//! Other users' loop devices are only looked at through sysfs (`loop/backing_file`, which
+//! never touches their backing filesystem): only a device whose backing file has the
+//! output's path is opened and asked (`LOOP_GET_STATUS64`) for its backing file's device and
+//! inode numbers.
 
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use rootbox_proto::device::LOOP_DEFAULTS;
 
-/// The file a loop device is attached to: its device and inode numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How long a killed worker's device may stay attached (its last close detaches it) before
+/// it is given back anyway.
+const DETACHED_WITHIN: Duration = Duration::from_secs(2);
+
+/// The file a loop device is attached to: its device and inode numbers, and its path as the
+/// kernel prints it (`/proc/self/fd`; an unnamed file's is `DIR/#INO (deleted)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backing {
     dev: u64,
     ino: u64,
+    path: Option<String>,
 }
 
 impl Backing {
-    pub fn of(f: &File) -> std::io::Result<Backing> {
+    pub fn of(f: &File) -> io::Result<Backing> {
         use std::os::unix::fs::MetadataExt;
         let m = f.metadata()?;
-        Ok(Backing { dev: m.dev(), ino: m.ino() })
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+            .ok()
+            .and_then(|p| p.to_str().map(str::to_owned));
+        Ok(Backing { dev: m.dev(), ino: m.ino(), path })
+    }
+
+    fn is(&self, (dev, ino): (u64, u64)) -> bool {
+        (self.dev, self.ino) == (dev, ino)
     }
 }
 
-/// What `/dev/loopN` is attached to now: `None` when nothing (or no such device).
-fn attached(n: u32) -> Option<Backing> {
-    let f = File::open(format!("/dev/loop{n}")).ok()?;
-    match crate::sys::loop_backing(f.as_fd()) {
-        Ok(Some((dev, ino))) => Some(Backing { dev, ino }),
-        _ => None,
+/// What `/dev/loopN` is attached to now: `Ok(None)` when nothing.
+fn attached(n: u32) -> io::Result<Option<(u64, u64)>> {
+    let f = File::open(format!("/dev/loop{n}"))?;
+    crate::sys::loop_backing(f.as_fd())
+}
+
+/// Whether sysfs shows device `n` attached to a file of `file`'s path (the cheap test made
+/// before [`attached`] asks the device itself).
+fn names(n: u32, file: &Backing) -> bool {
+    let shown = std::fs::read_to_string(format!("/sys/block/loop{n}/loop/backing_file"));
+    match (shown, &file.path) {
+        (Ok(shown), Some(path)) => shown.strip_suffix('\n').unwrap_or(&shown) == path,
+        _ => false,
     }
 }
 
-/// The numbers of the loop devices attached to `file` now (sysfs lists the attached ones
-/// with a `loop/` directory; each is asked for its backing file).
-pub fn attached_to(file: Backing) -> Vec<u32> {
+/// The numbers of the loop devices attached to `file` now.
+pub fn attached_to(file: &Backing) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/sys/block") else { return Vec::new() };
     let mut out: Vec<u32> = entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.strip_prefix("loop")?.parse::<u32>().ok())
-        .filter(|n| Path::new(&format!("/sys/block/loop{n}/loop")).exists())
-        .filter(|&n| attached(n) == Some(file))
+        .filter(|&n| names(n, file))
+        .filter(|&n| attached(n).is_ok_and(|b| b.is_some_and(|b| file.is(b))))
         .collect();
     out.sort_unstable();
     out
 }
 
-/// Puts the kernel's settings back on loop device `n`, which was attached to `file`:
-/// unless it is attached to another file now (another build took the free device, and its
-/// tuning is its own). Whether it was put back.
-pub fn give_back(n: u32, file: Backing) -> bool {
-    if attached(n).is_some_and(|b| b != file) {
-        return false;
+/// Puts the kernel's settings back on loop device `n`, which was attached to `file`: only
+/// when the device says it is free now or still holds `file` (not when another file holds it,
+/// whose build's tuning is its own, nor when it cannot be asked). Whether it was ours to give
+/// back.
+pub fn give_back(n: u32, file: &Backing) -> bool {
+    match attached(n) {
+        Ok(None) => {}
+        Ok(Some(b)) if file.is(b) => {}
+        _ => return false,
     }
     let block = format!("/sys/block/loop{n}");
     for (knob, default) in LOOP_DEFAULTS {
@@ -81,32 +110,46 @@ impl Found {
         Found { backing, devices: Default::default() }
     }
 
-    /// Looks for devices attached to the output now and remembers them; whether any is known.
+    fn known(&self) -> Vec<u32> {
+        self.devices.lock().map(|k| k.clone()).unwrap_or_default()
+    }
+
+    /// Looks for the output's device, unless one is known (a build attaches one); whether
+    /// one is known now.
     pub fn look(&self) -> bool {
-        let now = attached_to(self.backing);
+        if !self.known().is_empty() {
+            return true;
+        }
+        let now = attached_to(&self.backing);
         let Ok(mut known) = self.devices.lock() else { return false };
-        for n in now {
-            if !known.contains(&n) {
-                known.push(n);
-            }
+        if known.is_empty() {
+            known.extend(now);
         }
         !known.is_empty()
     }
 
-    /// Waits, for at most `limit`, until no device found is attached to the output any more
-    /// (a killed worker's last close detaches it).
-    pub fn wait_detached(&self, limit: std::time::Duration) {
-        let start = std::time::Instant::now();
-        let known = self.devices.lock().map(|k| k.clone()).unwrap_or_default();
-        while known.iter().any(|&n| attached(n) == Some(self.backing)) && start.elapsed() < limit {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+    /// Kills the sandbox with `kill` and gives its device back: looked for first (attached
+    /// while the worker lives), then given back once detached (see [`Found::ended`]).
+    pub fn around_kill(&self, kill: impl FnOnce()) {
+        self.look();
+        kill();
+        self.ended();
     }
 
-    /// Gives every device found back (see [`give_back`]); the numbers given back.
-    pub fn give_back(&self) -> Vec<u32> {
-        let known = self.devices.lock().map(|k| k.clone()).unwrap_or_default();
-        known.into_iter().filter(|&n| give_back(n, self.backing)).collect()
+    /// The sandbox has ended: waits, for at most [`DETACHED_WITHIN`], until no device found
+    /// holds the output any more, then gives every one back (see [`give_back`]); the numbers
+    /// given back.
+    pub fn ended(&self) -> Vec<u32> {
+        let known = self.known();
+        let start = Instant::now();
+        while known
+            .iter()
+            .any(|&n| attached(n).is_ok_and(|b| b.is_some_and(|b| self.backing.is(b))))
+            && start.elapsed() < DETACHED_WITHIN
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        known.into_iter().filter(|&n| give_back(n, &self.backing)).collect()
     }
 }
 
@@ -138,12 +181,18 @@ mod tests {
         }
     }
 
-    impl Drop for Attached {
-        fn drop(&mut self) {
+    impl Attached {
+        fn detach(&self) {
             let _ = std::process::Command::new("losetup")
                 .arg("-d")
                 .arg(format!("/dev/loop{}", self.n))
                 .status();
+        }
+    }
+
+    impl Drop for Attached {
+        fn drop(&mut self) {
+            self.detach();
             for (k, v) in LOOP_DEFAULTS {
                 let _ = std::fs::write(knob(self.n, k), v);
             }
@@ -183,17 +232,19 @@ mod tests {
         let (ours, theirs) =
             (Attached::new(&dir.path().join("a")), Attached::new(&dir.path().join("b")));
         let backing = Backing::of(&ours.file).expect("stat");
-        assert_eq!(attached_to(backing), vec![ours.n]);
-        let found = Found::new(backing);
+        assert_eq!(attached_to(&backing), vec![ours.n]);
+        let found = Found::new(backing.clone());
         assert!(found.look());
-        assert_eq!(found.give_back(), vec![ours.n]);
+        // The build ends: its device is detached, then given back.
+        ours.detach();
+        assert_eq!(found.ended(), vec![ours.n]);
         assert_eq!(
             (read(ours.n, "queue/write_cache"), read(ours.n, "bdi/strict_limit")),
             ("write back".into(), "0".into())
         );
         assert_eq!(read(theirs.n, "queue/write_cache"), "write through", "another file's device");
         // Once another file holds the device, it is not ours to give back.
-        assert!(!give_back(theirs.n, backing));
+        assert!(!give_back(theirs.n, &backing));
         assert_eq!(read(theirs.n, "queue/write_cache"), "write through");
     }
 }

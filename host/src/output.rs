@@ -1,6 +1,7 @@
 //! The output file: built as an unnamed file in the destination's directory (or, where the
 //! filesystem has no O_TMPFILE, a temp file beside it) and moved into place only on success. Every failure path removes it: drop on error, and a signal handler on SIGINT,
-//! SIGTERM and SIGHUP that also kills the sandbox's process group and removes its temp dir.
+//! SIGTERM and SIGHUP that also kills the sandbox's process group, gives the container's
+//! loop device back (`crate::loopdev`) and removes the sandbox's temp dir.
 
 use std::fs::File;
 use std::io;
@@ -32,10 +33,6 @@ struct Pending {
 static PENDING: Mutex<Pending> =
     Mutex::new(Pending { temp: None, process_group: None, dir: None, loops: None });
 
-/// How long the signal handler waits for the killed worker's loop device to be detached
-/// (its last close does it) before it gives the device back.
-const DETACHED_WITHIN: Duration = Duration::from_secs(2);
-
 /// Installs the handler thread once.
 pub fn install_signal_cleanup() -> io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -45,15 +42,13 @@ pub fn install_signal_cleanup() -> io::Result<()> {
             if let Ok(p) = PENDING.lock() {
                 if let Some(pg) = p.process_group {
                     let pg = nix::unistd::Pid::from_raw(pg);
-                    // The worker's device is attached while it lives: found now if not yet.
-                    if let Some(l) = &p.loops {
-                        l.look();
-                    }
-                    let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
-                    // The killed worker never put its loop device's settings back.
-                    if let Some(l) = &p.loops {
-                        l.wait_detached(DETACHED_WITHIN);
-                        l.give_back();
+                    let kill = || {
+                        let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
+                    };
+                    // The killed worker never puts its loop device's settings back.
+                    match &p.loops {
+                        Some(l) => l.around_kill(kill),
+                        None => kill(),
                     }
                 }
                 if let Some(t) = &p.temp {
@@ -77,9 +72,12 @@ pub fn track_process_group(pg: Option<i32>) {
     }
 }
 
-/// Registers the sandbox's loop devices (as they are found) for the signal handler.
-pub fn track_loop_devices(loops: Option<crate::loopdev::Found>) {
+/// Registers a sandbox for the signal handler: its process group and (the container's) loop
+/// devices as they are found, at once (a signal between the two would kill the worker and
+/// leave its device tuned); `None, None` when it has ended.
+pub fn track_sandbox(pg: Option<i32>, loops: Option<crate::loopdev::Found>) {
     if let Ok(mut p) = PENDING.lock() {
+        p.process_group = pg;
         p.loops = loops;
     }
 }

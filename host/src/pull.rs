@@ -128,8 +128,7 @@ pub fn run(args: &Request) -> Result<Report> {
     let t = Instant::now();
     let mut worker = sandbox::start(plan, &wimage, out.file(), &vm_options)?;
     let flusher = out.flusher().context("starting the output's write-out")?;
-    output::track_process_group(worker.process_group());
-    output::track_loop_devices(worker.loop_devices());
+    output::track_sandbox(worker.process_group(), worker.loop_devices());
     let spec = JobSpec {
         image: image.name.clone(),
         layers: image.layers.iter().map(|l| LayerSpec { digest: l.digest.to_string() }).collect(),
@@ -172,8 +171,7 @@ pub fn run(args: &Request) -> Result<Report> {
                 _ => worker.stop_reason(),
             };
             worker.kill();
-            output::track_process_group(None);
-            output::track_loop_devices(None);
+            output::track_sandbox(None, None);
             // The scratch filesystem itself filled: it was sized from an estimate.
             let scratch = (!layers.exact() && scratch_full(&e)).then(|| {
                 format!(
@@ -189,8 +187,7 @@ pub fn run(args: &Request) -> Result<Report> {
     };
     let status = worker.wait().context("waiting for the worker")?;
     drop(flusher);
-    output::track_process_group(None);
-    output::track_loop_devices(None);
+    output::track_sandbox(None, None);
     let job_ms = t.elapsed().as_millis() as u64;
     if !status.success() {
         bail!("the worker reported success but exited with {status}");

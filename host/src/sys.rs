@@ -90,17 +90,27 @@ pub fn start_writeback(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
 /// `LOOP_GET_STATUS64`: the ioctl that reports a loop device's backing file.
 const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
 
+/// The kernel's `struct loop_info64` (232 bytes): the two fields read, then the rest.
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    rest: [u64; 27],
+}
+
+const _: () = assert!(std::mem::size_of::<LoopInfo64>() == 232);
+
 /// The device and inode numbers of the file the loop device open at `dev` is attached to,
-/// `None` when it is attached to nothing (`ENXIO`). Read from the kernel's `loop_info64`
-/// (232 bytes, `lo_device` then `lo_inode` first): only those two fields are looked at.
+/// `None` when it is attached to nothing (`ENXIO`).
 pub fn loop_backing(dev: std::os::fd::BorrowedFd<'_>) -> io::Result<Option<(u64, u64)>> {
     use std::os::fd::AsRawFd;
-    let mut info = [0u64; 29];
-    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64` (232 bytes, 8-byte aligned
-    // fields) to the pointer; `info` is 232 bytes, 8-byte aligned, and outlives the call.
-    let rc = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_GET_STATUS64, info.as_mut_ptr()) };
+    let mut info = LoopInfo64 { lo_device: 0, lo_inode: 0, rest: [0; 27] };
+    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64` (232 bytes of 8-byte aligned
+    // fields) to the pointer: `info` is that layout (size asserted above) and outlives the call.
+    let rc =
+        unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_GET_STATUS64, &mut info as *mut LoopInfo64) };
     if rc == 0 {
-        return Ok(Some((info[0], info[1])));
+        return Ok(Some((info.lo_device, info.lo_inode)));
     }
     match io::Error::last_os_error() {
         e if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),

@@ -70,16 +70,11 @@ impl LoopWatch {
         LoopWatch { found: Some(found), stop, thread }
     }
 
-    /// Stops watching; gives back what was found (the sandbox has ended).
-    fn end(&mut self) {
+    /// Stops watching (once: `wait` or `kill`, then `kill` again on drop).
+    fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
-        }
-        if let Some(f) = &self.found {
-            // The worker's last close detaches it; a dying one may still hold it a moment.
-            f.wait_detached(Duration::from_secs(2));
-            f.give_back();
         }
     }
 }
@@ -151,21 +146,30 @@ impl Running for Container {
 
     fn wait(&mut self) -> std::io::Result<ExitStatus> {
         let status = self.child.wait();
-        self.loops.end();
+        self.loops.stop();
+        if let Some(f) = self.loops.found.take() {
+            f.ended();
+        }
         status
     }
 
     fn kill(&mut self) {
+        self.loops.stop();
+        let found = self.loops.found.take();
         if let Ok(None) = self.child.try_wait() {
-            // While the worker lives its device is attached: found now if not yet.
-            if let Some(f) = &self.loops.found {
-                f.look();
-            }
             let pg = nix::unistd::Pid::from_raw(self.child.id() as i32);
-            let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
-            let _ = self.child.wait();
+            let child = &mut self.child;
+            let mut kill = || {
+                let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
+                let _ = child.wait();
+            };
+            match &found {
+                Some(f) => f.around_kill(kill),
+                None => kill(),
+            }
+        } else if let Some(f) = found {
+            f.ended();
         }
-        self.loops.end();
     }
 
     fn console_tail(&self) -> Vec<String> {
