@@ -54,10 +54,21 @@ fn kill_9_mid_pull(env: &Env, isolation: &str) -> (PathBuf, PathBuf, tempfile::T
         NoisePull::start(env, tmp.path(), isolation);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(child.try_wait().expect("try_wait"), None, "rootbox ended early: {seen:#?}");
+    // The container's device: `kill -9` of rootbox leaves it tuned (no process is left to
+    // give it back), so the test does, as the next build on it would.
+    let dev = loops_under(&out_dir).first().and_then(|l| l.split(':').next().map(str::to_owned));
     child.kill().expect("kill -9");
     let _ = child.wait();
     expect_nothing_left(&[&out_dir]);
     expect_no_loops_under(&out_dir);
+    if let Some(dev) = dev {
+        let block = Path::new("/sys/block").join(&dev);
+        if !block.join("loop/backing_file").exists() {
+            for (knob, default) in rootbox_proto::device::LOOP_DEFAULTS {
+                let _ = fs::write(block.join(knob), default);
+            }
+        }
+    }
     (out_dir, private_tmp, tmp)
 }
 
