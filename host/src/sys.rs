@@ -90,23 +90,14 @@ pub fn start_writeback(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
 /// `LOOP_GET_STATUS64`: the ioctl that reports a loop device's backing file.
 const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
 
-/// The kernel's `struct loop_info64` (232 bytes): the two fields read, then the rest.
-#[repr(C)]
-struct LoopInfo64 {
-    lo_device: u64,
-    lo_inode: u64,
-    rest: [u64; 27],
-}
-
-const _: () = assert!(std::mem::size_of::<LoopInfo64>() == 232);
-
 /// The device and inode numbers of the file the loop device open at `dev` is attached to,
 /// `None` when it is attached to nothing (`ENXIO`).
 pub fn loop_backing(dev: std::os::fd::BorrowedFd<'_>) -> io::Result<Option<(u64, u64)>> {
+    use rootbox_proto::device::LoopInfo64;
     use std::os::fd::AsRawFd;
-    let mut info = LoopInfo64 { lo_device: 0, lo_inode: 0, rest: [0; 27] };
-    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64` (232 bytes of 8-byte aligned
-    // fields) to the pointer: `info` is that layout (size asserted above) and outlives the call.
+    let mut info = LoopInfo64::with_flags(0);
+    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64` to the pointer: `info` is that
+    // layout (`repr(C)`, its 232 bytes asserted where it is defined) and outlives the call.
     let rc =
         unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_GET_STATUS64, &mut info as *mut LoopInfo64) };
     if rc == 0 {

@@ -4,6 +4,8 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
+use rootbox_proto::device::LoopInfo64;
+
 use super::SysError;
 
 const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
@@ -11,23 +13,6 @@ const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const LOOP_MAJOR: u32 = 7;
-
-#[repr(C)]
-struct LoopInfo64 {
-    lo_device: u64,
-    lo_inode: u64,
-    lo_rdevice: u64,
-    lo_offset: u64,
-    lo_sizelimit: u64,
-    lo_number: u32,
-    lo_encrypt_type: u32,
-    lo_encrypt_key_size: u32,
-    lo_flags: u32,
-    lo_file_name: [u8; 64],
-    lo_crypt_name: [u8; 64],
-    lo_encrypt_key: [u8; 32],
-    lo_init: [u64; 2],
-}
 
 #[repr(C)]
 struct LoopConfig {
@@ -84,21 +69,7 @@ impl LoopDevice {
             let mut cfg = LoopConfig {
                 fd: backing.as_fd().as_raw_fd() as u32,
                 block_size: 4096,
-                info: LoopInfo64 {
-                    lo_device: 0,
-                    lo_inode: 0,
-                    lo_rdevice: 0,
-                    lo_offset: 0,
-                    lo_sizelimit: 0,
-                    lo_number: 0,
-                    lo_encrypt_type: 0,
-                    lo_encrypt_key_size: 0,
-                    lo_flags: LO_FLAGS_AUTOCLEAR,
-                    lo_file_name: [0; 64],
-                    lo_crypt_name: [0; 64],
-                    lo_encrypt_key: [0; 32],
-                    lo_init: [0; 2],
-                },
+                info: LoopInfo64::with_flags(LO_FLAGS_AUTOCLEAR),
                 reserved: [0; 8],
             };
             // SAFETY: `cfg` is a properly initialised `struct loop_config` that outlives the
