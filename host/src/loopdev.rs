@@ -97,6 +97,19 @@ pub fn give_back(n: u32, file: &Backing) -> bool {
     true
 }
 
+/// Ends a sandbox with `kill` (nothing, for one that has exited) and gives its device back,
+/// where it has one: looked for first (attached while the worker lives), then given back once
+/// detached (see [`Found::ended`]).
+pub fn end_giving_back(found: Option<&Found>, kill: impl FnOnce()) {
+    if let Some(f) = found {
+        f.look();
+    }
+    kill();
+    if let Some(f) = found {
+        f.ended();
+    }
+}
+
 /// The loop devices found attached to one output, shared between the sandbox that watches
 /// for them and whoever gives them back (the sandbox when it ends, the signal handler).
 #[derive(Debug, Clone)]
@@ -126,14 +139,6 @@ impl Found {
             known.extend(now);
         }
         !known.is_empty()
-    }
-
-    /// Kills the sandbox with `kill` and gives its device back: looked for first (attached
-    /// while the worker lives), then given back once detached (see [`Found::ended`]).
-    pub fn around_kill(&self, kill: impl FnOnce()) {
-        self.look();
-        kill();
-        self.ended();
     }
 
     /// The sandbox has ended: waits, for at most [`DETACHED_WITHIN`], until no device found

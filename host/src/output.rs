@@ -46,10 +46,7 @@ pub fn install_signal_cleanup() -> io::Result<()> {
                         let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
                     };
                     // The killed worker never puts its loop device's settings back.
-                    match &p.loops {
-                        Some(l) => l.around_kill(kill),
-                        None => kill(),
-                    }
+                    crate::loopdev::end_giving_back(p.loops.as_ref(), kill);
                 }
                 if let Some(t) = &p.temp {
                     let _ = std::fs::remove_file(t);

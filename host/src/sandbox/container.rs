@@ -70,12 +70,14 @@ impl LoopWatch {
         LoopWatch { found: Some(found), stop, thread }
     }
 
-    /// Stops watching (once: `wait` or `kill`, then `kill` again on drop).
-    fn stop(&mut self) {
+    /// Stops watching, ends the sandbox with `kill` and gives the device back: once (`wait`
+    /// or `kill`, then `kill` again on drop, which finds nothing left to give back).
+    fn end(&mut self, kill: impl FnOnce()) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        crate::loopdev::end_giving_back(self.found.take().as_ref(), kill);
     }
 }
 
@@ -146,30 +148,20 @@ impl Running for Container {
 
     fn wait(&mut self) -> std::io::Result<ExitStatus> {
         let status = self.child.wait();
-        self.loops.stop();
-        if let Some(f) = self.loops.found.take() {
-            f.ended();
-        }
+        self.loops.end(|| {});
         status
     }
 
     fn kill(&mut self) {
-        self.loops.stop();
-        let found = self.loops.found.take();
-        if let Ok(None) = self.child.try_wait() {
-            let pg = nix::unistd::Pid::from_raw(self.child.id() as i32);
-            let child = &mut self.child;
-            let mut kill = || {
+        let running = matches!(self.child.try_wait(), Ok(None));
+        let child = &mut self.child;
+        self.loops.end(|| {
+            if running {
+                let pg = nix::unistd::Pid::from_raw(child.id() as i32);
                 let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
                 let _ = child.wait();
-            };
-            match &found {
-                Some(f) => f.around_kill(kill),
-                None => kill(),
             }
-        } else if let Some(f) = found {
-            f.ended();
-        }
+        });
     }
 
     fn console_tail(&self) -> Vec<String> {
