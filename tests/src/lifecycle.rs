@@ -2,6 +2,7 @@
 //! streamed, killed, waited for; processes that still name or hold a directory, and
 //! incompressible noise tars large enough to keep a sandbox busy.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -194,4 +195,45 @@ pub fn noise_tar(path: &Path, count: u64, size: u64) -> Vec<(String, String)> {
     }
     b.into_inner().expect("finish tar").flush().expect("flush");
     sums
+}
+
+/// `/proc/PID/status` as key → value.
+pub fn status(pid: u32) -> BTreeMap<String, String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// Every process below `root`, parents before children: (pid, parent, command name). (The
+/// name, not /proc/PID/exe: a process made non-dumpable, or in another mount namespace,
+/// hides or rewrites its exe link.)
+pub fn descendants(root: u32) -> Vec<(u32, u32, String)> {
+    let mut parent: BTreeMap<u32, u32> = BTreeMap::new();
+    for e in fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Some(pp) = status(pid).get("PPid").and_then(|p| p.parse().ok()) {
+            parent.insert(pid, pp);
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for (&c, &pp) in &parent {
+            if pp == p {
+                let comm = fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
+                out.push((c, p, comm.trim_end().to_string()));
+                frontier.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Sends signal `sig` (`INT`, `KILL`, `STOP`...) to `pid` with `kill(1)` (the tests' crate
+/// links no system-call crate).
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    assert!(ok.is_ok_and(|s| s.success()), "kill -{sig} {pid}");
 }

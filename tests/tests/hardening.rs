@@ -13,7 +13,9 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use rootbox_tests::layer::{Entry as E, LayerBuilder};
-use rootbox_tests::lifecycle::{pull_args, spawn_rootbox, wait_for_line};
+use rootbox_tests::lifecycle::{
+    descendants, pull_args, signal, spawn_rootbox, status, wait_for_line,
+};
 use rootbox_tests::oci::{Compression, Image};
 use rootbox_tests::run::{expect_dir_holds, expect_failure, Outcome};
 use rootbox_tests::scene::Scene;
@@ -61,7 +63,7 @@ fn start_and_stop(env: &Env, source: &str, out: &Path, extra: &[&str]) -> Stoppe
     }
     let (child, rx) = spawn_rootbox(env, &pull_args(env, source, out, &flags), &[]);
     wait_for_line(&rx, "apply layer 1", Duration::from_secs(120));
-    signal(child.id() as i32, "STOP");
+    signal(child.id(), "STOP");
     // Let the socket buffers drain into the applier, which then waits for more.
     std::thread::sleep(Duration::from_millis(500));
     Stopped { child, stderr: rx }
@@ -81,7 +83,7 @@ impl Drop for Stopped {
 impl Stopped {
     /// Lets rootbox go on and waits for it: (exit code, stderr).
     fn resume(&mut self) -> (i32, String) {
-        signal(self.child.id() as i32, "CONT");
+        signal(self.child.id(), "CONT");
         let status = self.child.wait().expect("wait");
         let mut err = String::new();
         while let Ok(l) = self.stderr.recv_timeout(Duration::from_secs(5)) {
@@ -93,20 +95,6 @@ impl Stopped {
     }
 }
 
-fn signal(pid: i32, sig: &str) {
-    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
-    assert!(ok.is_ok_and(|s| s.success()), "kill -{sig} {pid}");
-}
-
-/// `/proc/PID/status` as key → value.
-fn status(pid: u32) -> BTreeMap<String, String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-        .collect()
-}
-
 fn caps(st: &BTreeMap<String, String>, field: &str) -> u64 {
     u64::from_str_radix(st.get(field).map(String::as_str).unwrap_or("ffffffffffffffff"), 16)
         .unwrap_or(u64::MAX)
@@ -114,32 +102,6 @@ fn caps(st: &BTreeMap<String, String>, field: &str) -> u64 {
 
 fn has(mask: u64, cap: u32) -> bool {
     mask & (1 << cap) != 0
-}
-
-/// Every process below `root`, parents before children: (pid, parent, command name). (The
-/// name, not /proc/PID/exe: a process made non-dumpable, or in another mount namespace,
-/// hides or rewrites its exe link.)
-fn descendants(root: u32) -> Vec<(u32, u32, String)> {
-    let mut parent: BTreeMap<u32, u32> = BTreeMap::new();
-    for e in fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let st = status(pid);
-        if let Some(pp) = st.get("PPid").and_then(|p| p.parse().ok()) {
-            parent.insert(pid, pp);
-        }
-    }
-    let mut out = Vec::new();
-    let mut frontier = vec![root];
-    while let Some(p) = frontier.pop() {
-        for (&c, &pp) in &parent {
-            if pp == p {
-                let comm = fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
-                out.push((c, p, comm.trim_end().to_string()));
-                frontier.push(c);
-            }
-        }
-    }
-    out
 }
 
 /// The worker's processes under a stopped pull: (outer init, session PID 1, applier).
@@ -229,7 +191,7 @@ fn an_applier_killed_from_outside_is_reported_as_killed() {
     fs::create_dir(&out_dir).expect("mkdir");
     let mut stopped = start_and_stop(&env, &source, &out_dir.join("out.ext4"), &[]);
     let (_, _, applier) = sandbox_processes(&stopped);
-    signal(applier as i32, "KILL");
+    signal(applier, "KILL");
     let (code, err) = stopped.resume();
     let o = Outcome { command: "pull".into(), code, stdout: String::new(), stderr: err };
     expect_failure(&o, &[1], &["killed by SIGKILL"]);
@@ -247,7 +209,7 @@ fn a_stalled_container_job_times_out() {
     let mut stopped =
         start_and_stop(&env, &source, &out_dir.join("out.ext4"), &["--job-timeout", "3"]);
     let (_, _, applier) = sandbox_processes(&stopped);
-    signal(applier as i32, "STOP");
+    signal(applier, "STOP");
     let start = Instant::now();
     let (code, err) = stopped.resume();
     assert!(start.elapsed() < Duration::from_secs(30), "took {:?}", start.elapsed());

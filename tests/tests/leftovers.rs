@@ -8,7 +8,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rootbox_tests::lifecycle::{expect_nothing_left, finish, noise_tar, pull_args, spawn_rootbox};
+use rootbox_tests::lifecycle::{
+    descendants, expect_nothing_left, finish, noise_tar, pull_args, signal, spawn_rootbox,
+};
 use rootbox_tests::run::expect_dir_holds;
 use rootbox_tests::{require_root, require_vm, Env};
 
@@ -31,6 +33,11 @@ fn loops_under(dir: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// The loop device (`loopN`) whose backing file is under `dir`, if one is.
+fn loop_under(dir: &Path) -> Option<String> {
+    loops_under(dir).first().and_then(|l| l.split(':').next().map(str::to_owned))
 }
 
 fn expect_no_loops_under(dir: &Path) {
@@ -56,7 +63,7 @@ fn kill_9_mid_pull(env: &Env, isolation: &str) -> (PathBuf, PathBuf, tempfile::T
     assert_eq!(child.try_wait().expect("try_wait"), None, "rootbox ended early: {seen:#?}");
     // The container's device: `kill -9` of rootbox leaves it tuned (no process is left to
     // give it back), so the test does, as the next build on it would.
-    let dev = loops_under(&out_dir).first().and_then(|l| l.split(':').next().map(str::to_owned));
+    let dev = loop_under(&out_dir);
     child.kill().expect("kill -9");
     let _ = child.wait();
     expect_nothing_left(&[&out_dir]);
@@ -193,29 +200,6 @@ enum Ending {
     WorkerKilled,
 }
 
-/// Every descendant of `pid` (from /proc's parent links).
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut parent = std::collections::HashMap::new();
-    for e in fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else { continue };
-        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        if let Some(pp) = after.split_whitespace().nth(1).and_then(|x| x.parse::<u32>().ok()) {
-            parent.insert(p, pp);
-        }
-    }
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let me = out[i];
-        out.extend(parent.iter().filter(|&(_, &pp)| pp == me).map(|(&p, _)| p));
-        i += 1;
-    }
-    out.remove(0);
-    out
-}
-
 /// The worker's loop device passes no flushes on and has a dirty limit while it builds;
 /// those settings outlive the device's detach, so a build gives the kernel's defaults back
 /// however it ends, finished or not: the next user of the host's loop device gets flushes
@@ -245,8 +229,8 @@ fn build_and_end(env: &Env, ending: Ending) -> Result<String, String> {
     let NoisePull { child, rx, out_dir, seen, .. } = NoisePull::start(env, tmp.path(), "container");
     let start = Instant::now();
     let dev = loop {
-        if let Some(l) = loops_under(&out_dir).first() {
-            break l.split(':').next().unwrap_or_default().to_string();
+        if let Some(dev) = loop_under(&out_dir) {
+            break dev;
         }
         assert!(start.elapsed() < Duration::from_secs(10), "no loop device found: {seen:#?}");
         std::thread::sleep(Duration::from_millis(20));
@@ -257,25 +241,19 @@ fn build_and_end(env: &Env, ending: Ending) -> Result<String, String> {
         ("write through", "1"),
         "{dev} while the build applies"
     );
-    // `kill(1)`: the tests' crate links no system-call crate.
-    let kill = |signal: &str, pids: &[u32]| {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .args(pids.iter().map(u32::to_string))
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal} {pids:?}");
-    };
     let want_code = match ending {
         Ending::Finished => 0,
         Ending::Interrupted => {
-            kill("INT", &[child.id()]);
+            signal(child.id(), "INT");
             130
         }
         Ending::WorkerKilled => {
-            let workers = descendants(child.id());
-            assert!(!workers.is_empty(), "no worker process under rootbox");
-            kill("KILL", &workers);
+            // The session, PID 1 of the sandbox's namespace (rootbox's grandchild): the kernel
+            // kills the rest of the namespace with it.
+            let procs = descendants(child.id());
+            let session = procs.iter().find(|&&(_, parent, _)| parent != child.id());
+            let (session, _, _) = session.unwrap_or_else(|| panic!("no session in {procs:?}"));
+            signal(*session, "KILL");
             1
         }
     };

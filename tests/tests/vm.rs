@@ -18,7 +18,7 @@ use rootbox_tests::digest::sha256_hex;
 use rootbox_tests::fixture::{debian, handmade};
 use rootbox_tests::layer::Entry as E;
 use rootbox_tests::lifecycle::{
-    expect_nothing_left, finish, noise_tar, processes_mentioning, pull_args, spawn_rootbox,
+    expect_nothing_left, finish, noise_tar, processes_mentioning, pull_args, signal, spawn_rootbox,
 };
 use rootbox_tests::model::Model;
 use rootbox_tests::oci::{Compression, Image, LayerSpec};
@@ -233,8 +233,7 @@ fn killing_the_vmm_mid_job_leaves_nothing_behind() {
         seen.join("\n")
     );
     let pid = qemu[0].split(':').next().expect("pid").to_string();
-    let killed = Command::new("kill").args(["-KILL", &pid]).status().expect("kill");
-    assert!(killed.success());
+    signal(pid.parse().expect("a pid"), "KILL");
     let (code, lines) = finish(child, &rx, Duration::from_secs(60));
     let text = lines.join("\n");
     assert_eq!(code, 1, "exit code after the VMM died:\n{text}");

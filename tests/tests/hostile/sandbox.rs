@@ -70,9 +70,7 @@ fn interrupted_pull_leaves_nothing_behind() {
     let (mut child, rx) = rootbox_tests::lifecycle::spawn_rootbox(&env, &args, &[]);
     // The output is an unnamed file until it is done: wait for the worker to apply instead.
     rootbox_tests::lifecycle::wait_for_line(&rx, "apply layer 1", Duration::from_secs(60));
-    let killed =
-        std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    assert!(killed.is_ok_and(|s| s.success()), "kill -TERM");
+    rootbox_tests::lifecycle::signal(child.id(), "TERM");
     let status = child.wait().expect("wait");
     assert!(!status.success(), "rootbox succeeded despite SIGTERM");
     scene.assert_refused_cleanly();
