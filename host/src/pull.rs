@@ -84,6 +84,12 @@ pub fn run(args: &Request) -> Result<Report> {
         progress.note(format!("sandbox: {}", decision.summary()));
     }
     let plan = &decision.plan;
+    // What the build record names the worker image by, hashed while the build runs instead
+    // of after it (a few milliseconds): the image a sandbox starts from is read at its start.
+    let wimage_digest = {
+        let (wimage, part) = (wimage.clone(), sandbox::worker_image_part(plan));
+        std::thread::spawn(move || wimage.digest(part))
+    };
 
     // Fetch and check: everything up front with --fetch-first; otherwise blob digests on
     // threads while the sandbox starts and the rest as the bytes ship (see pipeline).
@@ -208,7 +214,9 @@ pub fn run(args: &Request) -> Result<Report> {
             vmm: plan.vmm().map(Into::into),
             accel: plan.accel().map(Into::into),
         },
-        worker_image_digest: wimage.digest(sandbox::worker_image_part(plan))?,
+        worker_image_digest: wimage_digest
+            .join()
+            .map_err(|_| anyhow::anyhow!("hashing the worker image: the thread panicked"))??,
         host_kernel: matches!(plan, sandbox::Plan::Container).then(host_kernel),
         options: record::Options {
             size: match args.size {
