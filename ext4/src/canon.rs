@@ -121,12 +121,14 @@ fn inodes(fs: &Fs, opts: Options, report: &mut Report) -> Result<()> {
     let (ctime, ctime_epoch) = split_time(opts.epoch);
     let isz = fs.inode_size as usize;
     let first_ino = u64::from(le32(&fs.sb, 0x54)).max(11);
+    // One buffer for every group's table (8 MiB each with 4 KiB blocks): a fresh one per
+    // group was faulted in page by page.
+    let mut table = vec![0u8; fs.inodes_per_group as usize * isz];
     for (g, group) in fs.groups.iter().enumerate() {
         if group.flags & layout::BG_INODE_UNINIT != 0 && fs.csum_or_gdt_csum() {
             continue;
         }
         let bitmap = fs.block(group.inode_bitmap, &|| format!("group {g}'s inode bitmap"))?;
-        let mut table = vec![0u8; fs.inodes_per_group as usize * isz];
         let at = group.inode_table * fs.block_size;
         fs.disk.read(at, &mut table, &|| format!("group {g}'s inode table"))?;
         // Only the table blocks that changed are written: most of a table is never-used
@@ -137,7 +139,7 @@ fn inodes(fs: &Fs, opts: Options, report: &mut Report) -> Result<()> {
         for (i, raw) in table.chunks_exact_mut(isz).enumerate() {
             let ino = g as u64 * fs.inodes_per_group + i as u64 + 1;
             if bitmap[i / 8] & (1 << (i % 8)) == 0 {
-                if raw.iter().any(|&b| b != 0) {
+                if !is_zero(raw) {
                     raw.fill(0);
                     report.inodes_cleared += 1;
                     dirty[i / per_block] = true;
@@ -220,18 +222,64 @@ fn owned_blocks(fs: &Fs, ino: u64, raw: &[u8], seed: u32, report: &mut Report) -
         return Ok(());
     }
     let indexed = layout::inode_flags(raw) & INODE_INDEX_FL != 0;
+    let bs = fs.block_size as usize;
+    // A directory's blocks are read a run of consecutive ones at a time, and what changed is
+    // written back a span of consecutive blocks at a time (one 4 KiB block per read and
+    // write cost ~8 ms of Debian's 800 directory blocks, in system calls).
     for run in &map.data {
-        for k in 0..run.len {
-            let b = run.physical + k;
-            let what = || format!("directory inode {ino}'s block {b}");
-            let mut block = fs.block(b, &what)?;
-            if sign_dir_block(&mut block, seed, indexed && run.logical + k == 0) {
-                fs.write_block(b, &block, &what)?;
-                report.dir_blocks += 1;
+        let mut done = 0;
+        while done < run.len {
+            let n = (run.len - done).min(DIR_RUN);
+            let first = run.physical + done;
+            let what = || format!("directory inode {ino}'s blocks {first}+{n}");
+            let mut blocks = fs.blocks(first, n, &what)?;
+            let mut changed = Vec::with_capacity(n as usize);
+            for (k, block) in blocks.chunks_exact_mut(bs).enumerate() {
+                let root = indexed && run.logical + done + k as u64 == 0;
+                changed.push(sign_dir_block(block, seed, root));
             }
+            for (from, to) in spans(&changed) {
+                let what =
+                    || format!("directory inode {ino}'s blocks {}+{}", first + from, to - from);
+                fs.write_blocks(
+                    first + from,
+                    &blocks[from as usize * bs..to as usize * bs],
+                    &what,
+                )?;
+                report.dir_blocks += to - from;
+            }
+            done += n;
         }
     }
     Ok(())
+}
+
+/// Directory blocks read at once (1 MiB of 4 KiB blocks).
+const DIR_RUN: u64 = 256;
+
+/// The spans `from..to` of consecutive `true`s in `flags`.
+fn spans(flags: &[bool]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, &f) in flags.iter().chain([&false]).enumerate() {
+        match (f, start) {
+            (true, None) => start = Some(i as u64),
+            (false, Some(s)) => {
+                out.push((s, i as u64));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Whether every byte of `b` is zero, compared a block at a time (`memcmp`, vectorised:
+/// a byte-at-a-time scan of the inode tables' free slots and the journal was a fifth of
+/// the pass on Debian).
+fn is_zero(b: &[u8]) -> bool {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    b.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }
 
 /// Recomputes a directory block's checksum: a leaf's tail, or an htree node's (the root when
@@ -338,22 +386,25 @@ fn journal(fs: &Fs, report: &mut Report) -> Result<()> {
     let maxlen = u64::from(be32(&jsb, 0x10));
     let n = log.len().min(maxlen.saturating_sub(1) as usize);
     let bs = fs.block_size as usize;
-    let zeros = vec![0u8; bs];
+    let zeros = vec![0u8; JOURNAL_RUN * bs];
+    let mut run = vec![0u8; JOURNAL_RUN * bs];
     // Read in runs of physically consecutive blocks (a journal is mostly one extent): one
-    // read per block cost ~60 ms on a 16 MiB journal through the loop device.
+    // read per block cost ~60 ms on a 16 MiB journal through the loop device. What holds
+    // anything is zeroed a span of consecutive blocks at a time.
     let mut i = 0;
     while i < n {
         let mut j = i + 1;
         while j < n && j - i < JOURNAL_RUN && log[j] == log[j - 1].wrapping_add(1) {
             j += 1;
         }
-        let run = fs.blocks(log[i], (j - i) as u64, &|| format!("journal blocks {}-{j}", i + 1))?;
-        for (k, block) in run.chunks_exact(bs).enumerate() {
-            if block.iter().any(|&x| x != 0) {
-                let what = || format!("journal block {}", i + k + 1);
-                fs.write_block(log[i + k], &zeros, &what)?;
-                report.journal_blocks_zeroed += 1;
-            }
+        let run = &mut run[..(j - i) * bs];
+        fs.blocks_into(log[i], run, &|| format!("journal blocks {}-{j}", i + 1))?;
+        let used: Vec<bool> = run.chunks_exact(bs).map(|b| !is_zero(b)).collect();
+        for (from, to) in spans(&used) {
+            let what = || format!("journal blocks {}-{}", i as u64 + from + 1, i as u64 + to);
+            let len = (to - from) as usize * bs;
+            fs.write_blocks(log[i] + from, &zeros[..len], &what)?;
+            report.journal_blocks_zeroed += to - from;
         }
         i = j;
     }
@@ -409,6 +460,28 @@ fn superblocks(fs: &Fs, opts: Options, report: &mut Report) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_of_consecutive_flags() {
+        assert_eq!(spans(&[]), []);
+        assert_eq!(spans(&[false, false]), []);
+        assert_eq!(spans(&[true]), [(0, 1)]);
+        assert_eq!(
+            spans(&[true, true, false, true, false, false, true, true]),
+            [(0, 2), (3, 4), (6, 8)]
+        );
+    }
+
+    #[test]
+    fn zero_means_every_byte() {
+        assert!(is_zero(&[]));
+        assert!(is_zero(&[0; 9000]));
+        for at in [0, 255, 4095, 4096, 8999] {
+            let mut b = vec![0u8; 9000];
+            b[at] = 1;
+            assert!(!is_zero(&b), "a byte at {at}");
+        }
+    }
 
     #[test]
     fn times_split_into_32_bits_and_epoch_bits() {

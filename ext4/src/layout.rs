@@ -198,23 +198,36 @@ impl Fs {
 
     /// Blocks `first`..`first + count`, read at once.
     pub fn blocks(&self, first: u64, count: u64, what: &dyn Fn() -> String) -> Result<Vec<u8>> {
-        let end = first.checked_add(count).filter(|&e| e <= self.blocks);
-        if end.is_none() {
-            return Err(corrupt(
-                what(),
-                format!("blocks {first}+{count} pass the last ({})", self.blocks),
-            ));
-        }
         let mut b = vec![0u8; (count * self.block_size) as usize];
-        self.disk.read(first * self.block_size, &mut b, what)?;
+        self.blocks_into(first, &mut b, what)?;
         Ok(b)
     }
 
-    pub fn write_block(&self, n: u64, data: &[u8], what: &dyn Fn() -> String) -> Result<()> {
-        if n >= self.blocks {
-            return Err(corrupt(what(), format!("block {n} is past the last ({})", self.blocks)));
+    /// Fills `buf` (a whole number of blocks) from block `first` on, read at once.
+    pub fn blocks_into(&self, first: u64, buf: &mut [u8], what: &dyn Fn() -> String) -> Result<()> {
+        let count = buf.len() as u64 / self.block_size;
+        self.check_blocks(first, count, what)?;
+        self.disk.read(first * self.block_size, buf, what)
+    }
+
+    fn check_blocks(&self, first: u64, count: u64, what: &dyn Fn() -> String) -> Result<()> {
+        match first.checked_add(count) {
+            Some(end) if end <= self.blocks => Ok(()),
+            _ => Err(corrupt(
+                what(),
+                format!("blocks {first}+{count} pass the last ({})", self.blocks),
+            )),
         }
-        self.disk.write(n * self.block_size, data, what)
+    }
+
+    pub fn write_block(&self, n: u64, data: &[u8], what: &dyn Fn() -> String) -> Result<()> {
+        self.write_blocks(n, data, what)
+    }
+
+    /// Writes `data` (a whole number of blocks) from block `first` on, at once.
+    pub fn write_blocks(&self, first: u64, data: &[u8], what: &dyn Fn() -> String) -> Result<()> {
+        self.check_blocks(first, (data.len() as u64).div_ceil(self.block_size), what)?;
+        self.disk.write(first * self.block_size, data, what)
     }
 
     /// The byte offset of inode `ino` (1-based) in the image.
