@@ -562,7 +562,7 @@ mod tests {
         "loop attach /dev/loop0",
         "size /dev/loop0",
         "mke2fs /dev/loop0",
-        "mount /dev/loop0 on /target type ext4 (nosuid,nodev,noexec,noatime) noinit_itable,nodelalloc,nodioread_nolock,no_prefetch_block_bitmaps,nombcache",
+        "mount /dev/loop0 on /target type ext4 (nosuid,nodev,noexec,noatime) data=writeback,noinit_itable,nodelalloc,nodioread_nolock,no_prefetch_block_bitmaps,nombcache",
         "write /sys/fs/ext4/loop0/inode_goal 12",
         "write /sys/block/loop0/bdi/max_bytes 33554432",
         "write /sys/block/loop0/bdi/strict_limit 1",

@@ -42,12 +42,22 @@ pub fn proc_read_only(k: &impl Kernel, proc: &Path) -> Result<(), SysError> {
 /// apply (the device's dirty limit, `tune.rs`) a file's extents split or merged, and an
 /// extent block was allocated, at times of writeback's choosing (seen once in eight
 /// concurrent Debian builds: one block placed in group 2 instead of group 1).
+///
+/// `data=writeback`: a journal commit does not first write out and wait for the data of
+/// the files it holds (the default, `data=ordered`, does). What that ordering buys is a file
+/// that after a crash holds no stale blocks; a build that crashes is thrown away, and after
+/// the clean unmount that ends a build the image is the same either way (allocation is at
+/// `write()`, above; the mode is not recorded in the image, which mounts ordered by
+/// default). With ordered data the applier waited on commits whenever the journal (4 MiB for
+/// small images) needed room: measured alternated, 15 rounds on small20k and 9 on Debian,
+/// apply 0.853 → 0.802 s and 0.897 → 0.860 s, wall 1.228 → 1.178 s and 1.389 → 1.337 s,
+/// the same sha256 in every build.
 pub fn image<'a>(dev: &'a Path, target: &'a Path) -> Mount<'a> {
     Mount {
         source: dev,
         target,
         fstype: "ext4",
         flags: MountFlags::NOATIME | MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC,
-        data: c"noinit_itable,nodelalloc,nodioread_nolock,no_prefetch_block_bitmaps,nombcache",
+        data: c"data=writeback,noinit_itable,nodelalloc,nodioread_nolock,no_prefetch_block_bitmaps,nombcache",
     }
 }
