@@ -382,7 +382,6 @@ pub fn sha256_of(f: &File) -> io::Result<Digest> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sha2::Digest as _;
     use std::os::unix::fs::FileExt;
 
     #[test]
