@@ -280,11 +280,18 @@ pub fn stamp(dev: &Path, epoch: u64) -> Result<(), Ext4Error> {
     })
 }
 
-/// The canonicalising pass (see [`rootbox_ext4::canon`]).
-pub fn canonicalise(dev: &Path, epoch: u64) -> Result<canon::Report, Ext4Error> {
+/// How far each group's inode table was ever used, read after the unmount and before the
+/// shrink for [`canonicalise`] (see [`rootbox_ext4::canon::inode_marks`]).
+pub fn inode_marks(dev: &Path) -> Result<Vec<u64>, Ext4Error> {
+    Ok(canon::inode_marks(&open_image(dev, "reading the inode tables' marks on")?))
+}
+
+/// The canonicalising pass (see [`rootbox_ext4::canon`]); `marks` from [`inode_marks`].
+pub fn canonicalise(dev: &Path, epoch: u64, marks: &[u64]) -> Result<canon::Report, Ext4Error> {
     const STEP: &str = "canonicalising";
     let fs = open_image(dev, STEP)?;
-    canon::canonicalise(&fs, canon::Options { epoch }).map_err(|source| Ext4Error::Image {
+    let opts = canon::Options { epoch };
+    canon::canonicalise_marked(&fs, opts, Some(marks)).map_err(|source| Ext4Error::Image {
         step: STEP,
         dev: dev.display().to_string(),
         source,
@@ -302,8 +309,15 @@ pub trait Tools {
     ) -> Result<(), Ext4Error>;
     /// Right after [`Tools::mkfs`]: mke2fs's own inodes' times → the epoch.
     fn stamp(&self, dev: &Path, epoch: u64) -> Result<(), Ext4Error>;
+    /// After the last unmount, before the shrink: how far each inode table was used.
+    fn inode_marks(&self, dev: &Path) -> Result<Vec<u64>, Ext4Error>;
     /// After the shrink: what the kernel randomised → fixed values.
-    fn canonicalise(&self, dev: &Path, epoch: u64) -> Result<canon::Report, Ext4Error>;
+    fn canonicalise(
+        &self,
+        dev: &Path,
+        epoch: u64,
+        marks: &[u64],
+    ) -> Result<canon::Report, Ext4Error>;
     fn minimum(&self, dev: &Path) -> Result<Minimum, Ext4Error>;
     fn resize(&self, dev: &Path, bytes: u64) -> Result<(), Ext4Error>;
     fn check(&self, dev: &Path) -> Result<(), Ext4Error>;
@@ -326,8 +340,16 @@ impl Tools for E2fsprogs {
     fn stamp(&self, dev: &Path, epoch: u64) -> Result<(), Ext4Error> {
         stamp(dev, epoch)
     }
-    fn canonicalise(&self, dev: &Path, epoch: u64) -> Result<canon::Report, Ext4Error> {
-        canonicalise(dev, epoch)
+    fn inode_marks(&self, dev: &Path) -> Result<Vec<u64>, Ext4Error> {
+        inode_marks(dev)
+    }
+    fn canonicalise(
+        &self,
+        dev: &Path,
+        epoch: u64,
+        marks: &[u64],
+    ) -> Result<canon::Report, Ext4Error> {
+        canonicalise(dev, epoch, marks)
     }
     fn minimum(&self, dev: &Path) -> Result<Minimum, Ext4Error> {
         minimum(dev)

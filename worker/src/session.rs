@@ -225,6 +225,14 @@ pub(crate) fn build<K: Kernel, T: ext4::Tools>(
     }
 
     mount.unmount().map_err(|e| Some(Failure::new("unmounting the filesystem", &e)))?;
+    // Before resize2fs recomputes them: how far the kernel ever used each inode table, which
+    // the canonicalising pass reads up to (deleted inodes included).
+    let marks = match identity.filter(|id| id.canonicalise) {
+        Some(_) => tools
+            .inode_marks(&dev)
+            .map_err(|e| Some(Failure::new("canonicalising the filesystem", &e)))?,
+        None => Vec::new(),
+    };
 
     let min =
         tools.minimum(&dev).map_err(|e| Some(Failure::new("shrinking the filesystem", &e)))?;
@@ -238,7 +246,7 @@ pub(crate) fn build<K: Kernel, T: ext4::Tools>(
     if let Some(id) = identity.filter(|id| id.canonicalise) {
         steps.progress(Phase::Canonicalise)?;
         tools
-            .canonicalise(&dev, id.epoch)
+            .canonicalise(&dev, id.epoch, &marks)
             .map_err(|e| Some(Failure::new("canonicalising the filesystem", &e)))?;
         lap(Phase::Canonicalise, &mut t);
     }
