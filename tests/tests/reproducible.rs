@@ -123,6 +123,28 @@ fn the_same_image_builds_to_the_same_bytes_in_the_container() {
     }
 }
 
+/// A later layer that deletes every file of a block group: resize2fs then marks the group as
+/// holding no inodes, and the deleted inodes there (deletion and change times from the
+/// clock, random generations) must still be cleared. 32,768 inodes fit a group here: the
+/// first group fills with `a/` and the start of `b/`, the rest of `b/` lands in the second,
+/// which the whiteout empties. The two builds' deletions lie seconds apart (each build
+/// takes more than one).
+#[test]
+fn deleting_every_file_of_a_block_group_still_builds_the_same_bytes() {
+    use rootbox_tests::layer::{Entry, LayerBuilder};
+    let env = require_root!();
+    let tmp = tempdir();
+    let scene = scene(&env);
+    let first = LayerBuilder::new()
+        .extend([Entry::dir("a"), Entry::dir("b")])
+        .extend((0..30_000).map(|i| Entry::file(&format!("a/f{i}"), b"x")))
+        .extend((0..10_000).map(|i| Entry::file(&format!("b/f{i}"), b"x")))
+        .finish();
+    let second = LayerBuilder::new().push(Entry::whiteout("b")).finish();
+    let source = oci_of(&scene, vec![first, second]);
+    built_twice_the_same(&env, "group-emptied", &source, tmp.path(), &[]);
+}
+
 /// ext4's allocations on loop devices, traced (`scripts/alloc-trace.py`) while a test's
 /// builds run, so that a failure shows where builds first placed blocks differently: the
 /// flake this guards against has been seen only in full `make test` runs, never on demand.
