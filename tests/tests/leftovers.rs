@@ -211,9 +211,9 @@ fn gives_its_loop_device_back(ending: Ending) {
     let env = require_root!();
     for attempt in 1..=5 {
         match build_and_end(&env, ending) {
-            Ok(dev) => {
+            Ok((dev, settings)) => {
                 let defaults = ("write back".to_string(), "0".to_string(), "100".to_string());
-                assert_eq!(loop_settings(&dev), defaults, "{dev} after the build ({ending:?})");
+                assert_eq!(settings, defaults, "{dev} after the build ({ending:?})");
                 return;
             }
             Err(held) => eprintln!("{ending:?}: attempt {attempt}: right after exit {held}"),
@@ -222,9 +222,11 @@ fn gives_its_loop_device_back(ending: Ending) {
     panic!("{ending:?}: in each of 5 attempts the device was held right after rootbox exited");
 }
 
-/// One build ended as `ending`: its device, free right after rootbox exited, or what held
-/// it then.
-fn build_and_end(env: &Env, ending: Ending) -> Result<String, String> {
+/// One build ended as `ending`: its device and the device's settings, read right after
+/// rootbox exited while the device was free before and after the read (a build attaches a
+/// device before it tunes it, so what was read is this build's, not a later one's), or what
+/// held it.
+fn build_and_end(env: &Env, ending: Ending) -> Result<(String, (String, String, String)), String> {
     let tmp = tempdir();
     let NoisePull { child, rx, out_dir, seen, .. } = NoisePull::start(env, tmp.path(), "container");
     let start = Instant::now();
@@ -258,12 +260,15 @@ fn build_and_end(env: &Env, ending: Ending) -> Result<String, String> {
         }
     };
     let (code, lines) = finish(child, &rx, Duration::from_secs(300));
-    let held = fs::read_to_string(Path::new("/sys/block").join(&dev).join("loop/backing_file"));
+    let backing = Path::new("/sys/block").join(&dev).join("loop/backing_file");
+    let held = fs::read_to_string(&backing);
+    let settings = loop_settings(&dev);
+    let held_after = fs::read_to_string(&backing);
     assert_eq!(code, want_code, "{ending:?}: {}", lines.join("\n"));
     expect_no_loops_under(&out_dir);
-    match held {
-        Ok(file) => Err(format!("{dev} held {}", file.trim())),
-        Err(_) => Ok(dev),
+    match (held, held_after) {
+        (Err(_), Err(_)) => Ok((dev, settings)),
+        (Ok(file), _) | (_, Ok(file)) => Err(format!("{dev} held {}", file.trim())),
     }
 }
 
