@@ -124,6 +124,30 @@ fn open_rw(img: &Path) -> Fs {
     Fs::open(Disk::new(f, len, img.display().to_string())).expect("ext4")
 }
 
+/// A new image `name` in `dir` made by mke2fs with 4 KiB blocks, `args` and `size`.
+fn new_image(dir: &Path, name: &str, args: &[&str], size: &str) -> PathBuf {
+    let (mke2fs, _, _) = tools().expect("checked by the caller");
+    let img = dir.join(name);
+    let out = run(Command::new(mke2fs)
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096"])
+        .args(args)
+        .arg(&img)
+        .arg(size));
+    assert!(out.status.success(), "mke2fs: {out:?}");
+    img
+}
+
+/// `img` holds the same bytes as `pristine`, block for block, and e2fsck finds it clean.
+fn expect_as_pristine(img: &Path, pristine: &Path) {
+    let (after, want) = (fs::read(img).expect("read"), fs::read(pristine).expect("read"));
+    let differ: Vec<usize> = (0..want.len() / 4096)
+        .filter(|&b| after[b * 4096..][..4096] != want[b * 4096..][..4096])
+        .collect();
+    assert!(differ.is_empty(), "blocks that differ from the pristine image's: {differ:?}");
+    let (clean, out) = fsck_clean(img);
+    assert!(clean, "{out}");
+}
+
 #[test]
 fn canonicalising_re_signs_what_new_generations_broke_and_two_scrambles_agree() {
     if tools().is_none() {
@@ -350,13 +374,8 @@ fn stale_journal_blocks_are_zeroed_wherever_they_lie() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let img = dir.path().join("journal.img");
-    let (mke2fs, debugfs, _) = tools().expect("checked");
-    let out = run(Command::new(mke2fs)
-        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-J", "size=4"])
-        .arg(&img)
-        .arg("64M"));
-    assert!(out.status.success(), "mke2fs: {out:?}");
+    let img = new_image(dir.path(), "journal.img", &["-J", "size=4"], "64M");
+    let (_, debugfs, _) = tools().expect("checked");
     // Where the journal inode's logical blocks lie.
     let physical = |logical: u32| -> u64 {
         let out =
@@ -378,13 +397,7 @@ fn stale_journal_blocks_are_zeroed_wherever_they_lie() {
     assert_eq!(r.journal_blocks_zeroed, stale.len() as u64);
     let p = canon::canonicalise(&open_rw(&pristine), canon::Options { epoch: 0 }).expect("canon");
     assert_eq!(p.journal_blocks_zeroed, 0);
-    let (after, want) = (fs::read(&img).expect("read"), fs::read(&pristine).expect("read"));
-    let differ: Vec<usize> = (0..want.len() / 4096)
-        .filter(|&b| after[b * 4096..][..4096] != want[b * 4096..][..4096])
-        .collect();
-    assert!(differ.is_empty(), "blocks that differ from the pristine image's: {differ:?}");
-    let (clean, out) = fsck_clean(&img);
-    assert!(clean, "{out}");
+    expect_as_pristine(&img, &pristine);
 }
 
 /// A deleted inode left in a group marked as holding none in use (resize2fs marks a group so
@@ -396,13 +409,8 @@ fn deleted_inodes_in_a_group_marked_unused_are_zeroed() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let img = dir.path().join("groups.img");
-    let (mke2fs, _, _) = tools().expect("checked");
-    let out = run(Command::new(mke2fs)
-        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-O", "metadata_csum,^flex_bg"])
-        .arg(&img)
-        .arg("300M"));
-    assert!(out.status.success(), "mke2fs: {out:?}");
+    let args = ["-I", "256", "-O", "metadata_csum,^flex_bg"];
+    let img = new_image(dir.path(), "groups.img", &args, "300M");
     let fs = Fs::open(Disk::open(&img).expect("open")).expect("ext4");
     let (g, group) = fs
         .groups
@@ -444,11 +452,5 @@ fn deleted_inodes_in_a_group_marked_unused_are_zeroed() {
     assert_eq!(r.inodes_cleared, 1);
     let p = canon::canonicalise(&open_rw(&pristine), opts).expect("canon");
     assert_eq!(p.inodes_cleared, 0);
-    let (after, want) = (fs::read(&img).expect("read"), fs::read(&pristine).expect("read"));
-    let differ: Vec<usize> = (0..want.len() / 4096)
-        .filter(|&b| after[b * 4096..][..4096] != want[b * 4096..][..4096])
-        .collect();
-    assert!(differ.is_empty(), "blocks that differ from the pristine image's: {differ:?}");
-    let (clean, out) = fsck_clean(&img);
-    assert!(clean, "{out}");
+    expect_as_pristine(&img, &pristine);
 }
