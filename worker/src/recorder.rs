@@ -235,8 +235,8 @@ impl ext4::Tools for Recorder {
     fn stamp(&self, dev: &Path, epoch: u64) -> Result<(), Ext4Error> {
         self.tool("stamp", format!("stamp {} {epoch}", dev.display()))
     }
-    fn inode_marks(&self, _dev: &Path) -> Result<Vec<u64>, Ext4Error> {
-        // A read of the group descriptors: nothing to record.
+    fn inode_marks(&self, dev: &Path) -> Result<Vec<u64>, Ext4Error> {
+        self.tool("inode marks", format!("inode marks {}", dev.display()))?;
         Ok(Vec::new())
     }
     fn canonicalise(

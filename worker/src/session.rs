@@ -225,9 +225,10 @@ pub(crate) fn build<K: Kernel, T: ext4::Tools>(
     }
 
     mount.unmount().map_err(|e| Some(Failure::new("unmounting the filesystem", &e)))?;
+    let canonicalise = identity.filter(|id| id.canonicalise);
     // Before resize2fs recomputes them: how far the kernel ever used each inode table, which
     // the canonicalising pass reads up to (deleted inodes included).
-    let marks = match identity.filter(|id| id.canonicalise) {
+    let marks = match canonicalise {
         Some(_) => tools
             .inode_marks(&dev)
             .map_err(|e| Some(Failure::new("canonicalising the filesystem", &e)))?,
@@ -243,7 +244,7 @@ pub(crate) fn build<K: Kernel, T: ext4::Tools>(
     }
     lap(Phase::Shrink, &mut t);
 
-    if let Some(id) = identity.filter(|id| id.canonicalise) {
+    if let Some(id) = canonicalise {
         steps.progress(Phase::Canonicalise)?;
         tools
             .canonicalise(&dev, id.epoch, &marks)
@@ -643,13 +644,18 @@ mod tests {
             } else {
                 &[]
             };
+            // The marks are read between the unmount and resize2fs, which rewrites them.
+            let (unmounted, estimate) = SHRINK.split_at(3);
+            let marks: &[&str] = if canonicalise { &["inode marks /dev/loop0"] } else { &[] };
             let want = seq(&[
                 made,
                 &["stamp /dev/loop0 7"],
                 mounted,
                 &["pin cpu 0"],
                 APPLY,
-                SHRINK,
+                unmounted,
+                marks,
+                estimate,
                 &[RESIZE],
                 canon,
                 FSCK,
