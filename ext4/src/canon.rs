@@ -67,7 +67,7 @@ fn used_slots(fs: &Fs, group: &layout::Group) -> Option<u64> {
     if !fs.csum_or_gdt_csum() {
         return None;
     }
-    if group.flags & layout::BG_INODE_UNINIT != 0 {
+    if fs.inodes_uninit(group) {
         return Some(0);
     }
     Some(fs.inodes_per_group.saturating_sub(u64::from(group.itable_unused)))
@@ -153,20 +153,19 @@ fn inodes(fs: &Fs, opts: Options, before: Option<&[u64]>, report: &mut Report) -
     // One buffer for every group's table (8 MiB each with 4 KiB blocks): a fresh one per
     // group was faulted in page by page.
     let mut table = vec![0u8; fs.inodes_per_group as usize * isz];
+    let bs = fs.block_size as usize;
+    let per_block = bs / isz;
     for (g, group) in fs.groups.iter().enumerate() {
         // A group marked as holding no inodes in use (its bitmap is then not read) is still
         // read for deleted ones: resize2fs marks a group so once every inode in it is free,
         // and a later layer that deletes all the files of a group leaves their slots there
         // (deletion times and generations from the clock; seen with 40,000 files, then a
         // whiteout of the last 10,000: 7,245 inodes differed between two builds).
-        let uninit = group.flags & layout::BG_INODE_UNINIT != 0 && fs.csum_or_gdt_csum();
-        let bitmap = if uninit {
+        let bitmap = if fs.inodes_uninit(group) {
             None
         } else {
             Some(fs.block(group.inode_bitmap, &|| format!("group {g}'s inode bitmap"))?)
         };
-        let bs = fs.block_size as usize;
-        let per_block = bs / isz;
         // As far as an inode was ever held here, before the shrink or after it (resize2fs
         // moves inodes in from the groups it removes), in whole table blocks.
         let slots = match before {

@@ -250,7 +250,7 @@ impl Fs {
     pub fn used_inodes(&self) -> Result<Vec<u64>> {
         let mut used = Vec::new();
         for (g, group) in self.groups.iter().enumerate() {
-            if group.flags & BG_INODE_UNINIT != 0 && self.csum_or_gdt_csum() {
+            if self.inodes_uninit(group) {
                 continue;
             }
             let bitmap = self.block(group.inode_bitmap, &|| format!("group {g}'s inode bitmap"))?;
@@ -261,6 +261,12 @@ impl Fs {
             }
         }
         Ok(used)
+    }
+
+    /// Whether `group` is marked as holding no inode in use (its inode bitmap then need not
+    /// be initialised on disk).
+    pub fn inodes_uninit(&self, group: &Group) -> bool {
+        group.flags & BG_INODE_UNINIT != 0 && self.csum_or_gdt_csum()
     }
 
     /// Whether group descriptors carry checksums and the uninit flags mean anything.
